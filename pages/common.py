@@ -1,0 +1,62 @@
+"""What every page shares: the job manager, the run store, the chosen dataset, small widgets.
+
+Only Streamlit glue lives here; everything computed comes from `explore`.
+Cached objects are shared by every browser session on the server, so they must be
+immutable (datasets) or built for sharing (the job manager's queue).
+"""
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from explore.data import DataError, DataSpec, load_bundle
+from explore.jobs import JobManager
+from explore.store import RunStore
+
+
+@st.cache_resource
+def job_manager() -> JobManager:
+    """One queue per server: a classroom shares the machine through it."""
+    return JobManager()
+
+
+def run_store() -> RunStore:
+    """The runs folder (EXPLORE_RUNS_DIR, default ./runs)."""
+    return RunStore(os.environ.get("EXPLORE_RUNS_DIR", "runs"))
+
+
+@st.cache_resource(show_spinner="Preparing the dataset (decoded once, shared by every page)…")
+def cached_bundle(spec: DataSpec):
+    return load_bundle(spec)
+
+
+# EXPLORE_DEMO_SMALL=1: a small, fast default dataset (64 px, a few hundred images) for live
+# demos on a laptop CPU and for the browser tests. The Data page can still choose anything.
+DEMO_SMALL_SPEC = DataSpec(image_size=64, synthetic=(("n_train", 240), ("n_val", 80), ("n_test", 80)))
+
+
+def default_data_spec() -> DataSpec:
+    """The built-in synthetic set at 128 px, or the small demo set when EXPLORE_DEMO_SMALL=1."""
+    return DEMO_SMALL_SPEC if os.environ.get("EXPLORE_DEMO_SMALL") == "1" else DataSpec()
+
+
+def current_data_spec() -> DataSpec:
+    """The dataset chosen on the Data page (default: `default_data_spec()`)."""
+    return st.session_state.get("data_spec", default_data_spec())
+
+
+def bundle_or_stop(spec: DataSpec | None = None):
+    """Load the chosen dataset, or show why not and stop this page (never a traceback)."""
+    spec = spec or current_data_spec()
+    try:
+        return cached_bundle(spec)
+    except DataError as error:
+        st.error(f"This dataset cannot be used: {error}")
+        st.stop()
+
+
+def status_badge(state: str) -> str:
+    icons = {"finished": "✅", "running": "⏳", "queued": "🕒", "diverged": "💥", "stopped": "⏹️",
+             "failed": "❌", "damaged": "⚠️"}
+    return f"{icons.get(state, '•')} {state}"
