@@ -1,0 +1,129 @@
+"""Deployment settings: local laptop, classroom server, or public demo.
+
+Read once from environment variables (or a mapping such as Streamlit's `st.secrets`, which the
+app passes in), so the library stays free of Streamlit:
+
+  EXPLORE_DEMO_MODE=1        public demo: folder paths only under EXPLORE_DATA_ROOT, capped uploads,
+                             epochs, image size and sweeps, no deleting other sessions' runs, no
+                             uploaded weights
+  EXPLORE_SHARED_SERVER=1    many browsers, one server (classroom): each session gets its own runs
+                             namespace (always on in demo mode)
+  EXPLORE_DATA_ROOT=PATH     the only folder tree demo mode may read images from
+  EXPLORE_MAX_EPOCHS, EXPLORE_MAX_IMAGE_SIZE, EXPLORE_MAX_SWEEP_RUNS,
+  EXPLORE_MAX_UPLOAD_MB, EXPLORE_MAX_UPLOAD_FILES   the demo caps (defaults below)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+from explore.config import RunConfig
+
+TRUE = ("1", "true", "yes", "on")
+
+
+class NotAllowed(Exception):
+    """Refused by demo mode; the message says what is limited and why."""
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    demo_mode: bool = False
+    shared_server: bool = False
+    data_root: Path | None = None
+    max_epochs: int = 15
+    max_image_size: int = 128
+    max_sweep_runs: int = 6
+    max_upload_mb: int = 50
+    max_upload_files: int = 2000
+
+    @property
+    def per_session_runs(self) -> bool:
+        return self.demo_mode or self.shared_server
+
+    def limits_text(self) -> list[str]:
+        """What demo mode limits, as lines for the banner."""
+        if not self.demo_mode:
+            return []
+        root = str(self.data_root) if self.data_root else "none (built-in data and uploads only)"
+        return [
+            f"image folders only under: {root}",
+            f"uploads: at most {self.max_upload_mb} MB and {self.max_upload_files} files",
+            f"at most {self.max_epochs} epochs, {self.max_image_size} px images, {self.max_sweep_runs} runs per sweep",
+            "runs are private to your browser session; other sessions' runs cannot be deleted",
+            "uploaded weights are never accepted",
+        ]
+
+
+def load_settings(env: Mapping[str, str] | None = None, secrets: Mapping | None = None) -> AppSettings:
+    """Environment first, then `secrets` (e.g. .streamlit/secrets.toml) for keys the env lacks."""
+    env = dict(os.environ if env is None else env)
+    merged = {k.upper(): str(v) for k, v in (secrets or {}).items() if not isinstance(v, Mapping)} | env
+
+    def flag(name):
+        return merged.get(name, "").strip().lower() in TRUE
+
+    def number(name, default):
+        try:
+            return int(merged.get(name, default))
+        except ValueError:
+            return default
+
+    root = merged.get("EXPLORE_DATA_ROOT")
+    defaults = AppSettings()
+    return AppSettings(
+        demo_mode=flag("EXPLORE_DEMO_MODE"),
+        shared_server=flag("EXPLORE_SHARED_SERVER"),
+        data_root=Path(root).resolve() if root else None,
+        max_epochs=number("EXPLORE_MAX_EPOCHS", defaults.max_epochs),
+        max_image_size=number("EXPLORE_MAX_IMAGE_SIZE", defaults.max_image_size),
+        max_sweep_runs=number("EXPLORE_MAX_SWEEP_RUNS", defaults.max_sweep_runs),
+        max_upload_mb=number("EXPLORE_MAX_UPLOAD_MB", defaults.max_upload_mb),
+        max_upload_files=number("EXPLORE_MAX_UPLOAD_FILES", defaults.max_upload_files),
+    )
+
+
+def check_source_allowed(settings: AppSettings, source: str | None) -> None:
+    """In demo mode a folder or npz must lie inside the data root (symlinks and '..' resolved first)."""
+    if not settings.demo_mode or not source or source == "synthetic":
+        return
+    kind, _, arg = source.partition(":")
+    if settings.data_root is None:
+        raise NotAllowed(f"demo mode: reading {kind} paths from the server is turned off; "
+                         "use the built-in data or upload a zip")
+    path = Path(arg).expanduser().resolve()
+    if path != settings.data_root and settings.data_root not in path.parents:
+        raise NotAllowed(f"demo mode: {arg} is outside the allowed data folder {settings.data_root}")
+
+
+def check_upload_allowed(settings: AppSettings, size_bytes: int, n_files: int = 1) -> None:
+    if not settings.demo_mode:
+        return
+    if size_bytes > settings.max_upload_mb * 1024 * 1024:
+        raise NotAllowed(f"demo mode: uploads are limited to {settings.max_upload_mb} MB "
+                         f"(this one is {size_bytes / 1024 / 1024:.1f} MB)")
+    if n_files > settings.max_upload_files:
+        raise NotAllowed(f"demo mode: at most {settings.max_upload_files} files per upload ({n_files} given)")
+
+
+def apply_limits(settings: AppSettings, config: RunConfig) -> tuple[RunConfig, list[str]]:
+    """Cap a run to what demo mode allows; returns the capped config and what was changed."""
+    if not settings.demo_mode:
+        return config, []
+    check_source_allowed(settings, config.data.source)
+    check_source_allowed(settings, config.data.test_source)
+    notes, changes = [], {}
+    if config.epochs > settings.max_epochs:
+        changes["epochs"] = settings.max_epochs
+        notes.append(f"epochs capped at {settings.max_epochs} (asked {config.epochs})")
+    if config.data.image_size > settings.max_image_size:
+        changes["data"] = replace(config.data, image_size=settings.max_image_size)
+        notes.append(f"image size capped at {settings.max_image_size} px (asked {config.data.image_size})")
+    return (config.replace(**changes) if changes else config), notes
+
+
+def check_sweep_allowed(settings: AppSettings, n_runs: int) -> None:
+    if settings.demo_mode and n_runs > settings.max_sweep_runs:
+        raise NotAllowed(f"demo mode: a sweep may queue at most {settings.max_sweep_runs} runs ({n_runs} asked)")
