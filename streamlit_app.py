@@ -21,4 +21,8 @@ PAGES = [  # (file, title, icon); a page appears once its file exists
 
 pages = [st.Page(str(HERE / path), title=title, icon=icon, url_path=Path(path).stem)
          for path, title, icon in PAGES if (HERE / path).exists()]
-st.navigation(pages).run()
+page = st.navigation(pages)
+from pages.common import demo_banner  # noqa: E402  (after set_page_config)
+
+demo_banner()
+page.run()

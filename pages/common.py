@@ -7,11 +7,13 @@ immutable (datasets) or built for sharing (the job manager's queue).
 from __future__ import annotations
 
 import os
+import uuid
 
 import streamlit as st
 
 from explore.data import DataError, DataSpec, load_bundle
 from explore.jobs import JobManager
+from explore.settings import AppSettings, load_settings
 from explore.store import RunStore
 
 
@@ -21,9 +23,37 @@ def job_manager() -> JobManager:
     return JobManager()
 
 
+def app_settings() -> AppSettings:
+    """Demo mode and classroom settings: environment variables, then .streamlit/secrets.toml."""
+    try:
+        secrets = dict(st.secrets)
+    except Exception:  # no secrets.toml: that's the usual local case
+        secrets = {}
+    return load_settings(secrets=secrets)
+
+
+def session_id() -> str:
+    """A random id for this browser session, kept in the URL (?session=) so a refresh keeps it."""
+    sid = st.session_state.get("session_id") or st.query_params.get("session") or uuid.uuid4().hex[:12]
+    st.session_state["session_id"] = sid
+    if st.query_params.get("session") != sid:
+        st.query_params["session"] = sid
+    return sid
+
+
 def run_store() -> RunStore:
-    """The runs folder (EXPLORE_RUNS_DIR, default ./runs)."""
-    return RunStore(os.environ.get("EXPLORE_RUNS_DIR", "runs"))
+    """The runs folder (EXPLORE_RUNS_DIR, default ./runs); one sub-folder per browser session on a
+    shared server or in demo mode, so students only see (and delete) their own runs."""
+    root = os.environ.get("EXPLORE_RUNS_DIR", "runs")
+    settings = app_settings()
+    return RunStore(root, namespace=f"session-{session_id()}" if settings.per_session_runs else None)
+
+
+def demo_banner() -> None:
+    """Say on screen that demo mode is on and what it limits."""
+    settings = app_settings()
+    if settings.demo_mode:
+        st.info("**Public demo mode** — " + " · ".join(settings.limits_text()), icon="🔒")
 
 
 @st.cache_resource(show_spinner="Preparing the dataset (decoded once, shared by every page)…")
