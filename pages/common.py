@@ -17,6 +17,24 @@ from explore.settings import AppSettings, load_settings
 from explore.store import RunStore
 
 
+def _run_through_the_frame() -> None:
+    """Make a first visit straight to a page URL (e.g. /train?run=...) go through streamlit_app.py.
+
+    Streamlit treats a folder named `pages/` beside the entry script as an old-style multipage app
+    until `st.navigation` has run once in the server process. A fresh server whose first request is
+    /train would run pages/train.py alone: no frame, no navigation, no demo banner. Switching the
+    old mode off and rerunning sends that request through the frame, which opens the same page.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_run_through_the_frame()
+
+
 @st.cache_resource
 def job_manager() -> JobManager:
     """One queue per server: a classroom shares the machine through it."""
