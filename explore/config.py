@@ -96,6 +96,10 @@ class RunConfig:
             raise ValueError("train_dev_fraction must be in [0, 0.5)")
         if MODELS[self.model].family == "transfer" and self.transfer_mode == "none":
             object.__setattr__(self, "transfer_mode", "finetune")
+        if MODELS[self.model].family == "transfer" and self.input_norm == "dataset":
+            # Pretrained backbones apply their own ImageNet mean/std to 0..1 input; standardising
+            # by the X-ray set's statistics first would normalise twice.
+            object.__setattr__(self, "input_norm", "none")
         if MODELS[self.model].family != "transfer" and self.transfer_mode != "none":
             raise ValueError(f"transfer mode {self.transfer_mode!r} needs a pretrained backbone, not {self.model!r}")
 

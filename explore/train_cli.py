@@ -67,14 +67,28 @@ def configs_from_args(args) -> list[RunConfig]:
             run_changes["model_options"] = tuple((dict(config.model_options) | {"dropout": args.dropout}).items())
         if data_changes:
             run_changes["data"] = DataSpec.from_dict(config.data.to_dict() | data_changes)
+        if MODELS[config.model].family == "transfer" and args.input_norm is None:
+            run_changes["input_norm"] = "none"  # 0..1 input: the model applies its ImageNet mean/std itself
         out.append(config.replace(**run_changes))
     return out
+
+
+def honest_weights(config: RunConfig) -> RunConfig:
+    """A transfer run whose ImageNet weights cannot be had is named '(random init)', and the user is told why."""
+    if MODELS[config.model].family != "transfer":
+        return config
+    from explore.transfer import resolve_pretrained
+
+    config, message = resolve_pretrained(config)
+    if message:
+        print(f"note: {message}", file=sys.stderr)
+    return config
 
 
 def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        configs = configs_from_args(args)
+        configs = [honest_weights(config) for config in configs_from_args(args)]
         store = RunStore(args.runs_dir)
         store.ensure_writable()
     except (ValueError, DataError, StoreError) as error:
