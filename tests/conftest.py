@@ -10,7 +10,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("EXPLORE_THREADS", "2")
+# One thread per process in tests: the tiny test models run faster on one thread than on two, and
+# the browser tests run a Streamlit server beside pytest on the same two cores.
+os.environ.setdefault("EXPLORE_THREADS", "1")
+torch.set_num_threads(int(os.environ["EXPLORE_THREADS"]))
 
 from explore.data import DataBundle, Split  # noqa: E402
 

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*args, env_extra=None, timeout=300):
     import os
 
-    env = os.environ | {"EXPLORE_THREADS": "2"} | (env_extra or {})
+    env = os.environ | {"EXPLORE_THREADS": "1"} | (env_extra or {})
     return subprocess.run([sys.executable, "-m", "explore", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
