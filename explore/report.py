@@ -1,0 +1,323 @@
+"""Tables and charts of one run (or a few) for the pages: curves, progress, final metrics, ROC.
+
+Plain functions of what the run store holds (epoch records, status.json, summary.json,
+predictions.pt), so tests and every page share them. Charts are Altair specs built from the
+long DataFrames here; no Streamlit.
+"""
+from __future__ import annotations
+
+import math
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from explore.metrics import positive_score, roc_curve
+
+SPLIT_ORDER = ("train", "train_dev", "val", "test")
+SPLIT_LABELS = {"train": "train", "train_dev": "train-dev", "val": "val (site A)", "test": "test (site B)"}
+# The same colour for a split on every chart: train blue, val orange, test red (site B), train-dev teal.
+SPLIT_COLOURS = {"train": "#4c78a8", "train_dev": "#72b7b2", "val": "#f58518", "test": "#e45756"}
+METRICS = {"loss": "loss", "acc": "accuracy"}  # suffix in the epoch record -> metric name in frames
+CURVE_COLUMNS = ["epoch", "split", "metric", "value", "run"]
+
+
+def curves_frame(records: list[dict], run_label: str | None = None) -> pd.DataFrame:
+    """Epoch records → long DataFrame(epoch, split, metric, value, run), one row per number.
+
+    `split` is train / train_dev / val / test, `metric` is "loss" or "accuracy". Records
+    that are not epoch records, and non-finite values, are left out (a chart cannot draw NaN).
+    """
+    rows = []
+    for record in records:
+        if record.get("kind", "epoch") != "epoch" or "epoch" not in record:
+            continue
+        for split in SPLIT_ORDER:
+            for suffix, metric in METRICS.items():
+                value = record.get(f"{split}_{suffix}")
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    rows.append({"epoch": int(record["epoch"]), "split": split, "metric": metric,
+                                 "value": float(value), "run": run_label or ""})
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def curves_chart(frame: pd.DataFrame, metric: str, height: int = 260) -> alt.Chart:
+    """Line chart of one metric over epochs.
+
+    One run: colour = split (train blue, val orange, test red). Several runs: colour = run and
+    the line style = split (train solid, val dashed, test dotted), so runs are easy to tell apart.
+    """
+    data = frame[frame["metric"] == metric].copy()
+    data["split"] = data["split"].map(lambda s: SPLIT_LABELS.get(s, s))
+    present = [SPLIT_LABELS[s] for s in SPLIT_ORDER if SPLIT_LABELS[s] in set(data["split"])]
+    y_axis = alt.Axis(format="%") if metric == "accuracy" else alt.Axis()
+    encodings = {
+        "x": alt.X("epoch:Q", title="epoch", axis=alt.Axis(format="d", tickMinStep=1)),
+        "y": alt.Y("value:Q", title=metric, axis=y_axis, scale=alt.Scale(zero=False)),
+        "tooltip": [alt.Tooltip("run:N"), alt.Tooltip("split:N"), alt.Tooltip("epoch:Q"),
+                    alt.Tooltip("value:Q", title=metric, format=".4f")],
+    }
+    several_runs = data["run"].nunique() > 1
+    if several_runs:
+        dashes = {SPLIT_LABELS[s]: d for s, d in zip(SPLIT_ORDER, ([1, 0], [2, 2], [6, 3], [1, 3]))}
+        encodings["color"] = alt.Color("run:N", title="run", scale=alt.Scale(scheme="tableau10"),
+                                       legend=alt.Legend(labelLimit=220))
+        encodings["strokeDash"] = alt.StrokeDash("split:N", title="split", sort=present, scale=alt.Scale(
+            domain=present, range=[dashes[p] for p in present]))
+    else:
+        colours = {SPLIT_LABELS[s]: SPLIT_COLOURS[s] for s in SPLIT_ORDER}
+        encodings["color"] = alt.Color("split:N", title="split", sort=present, scale=alt.Scale(
+            domain=present, range=[colours[p] for p in present]))
+    chart = alt.Chart(data).mark_line(point=not several_runs).encode(**encodings)
+    return chart.properties(height=height, title=f"{metric} per epoch")
+
+
+def progress(status: dict) -> tuple[float, str]:
+    """status.json → (fraction of the whole run done 0..1, 'epoch 3 of 8 · batch 20 of 50')."""
+    epochs = int(status.get("epochs") or 0)
+    done_epochs = int(status.get("epoch") or 0)
+    batch, batches = int(status.get("batch") or 0), int(status.get("batches") or 0)
+    if epochs <= 0:
+        return 0.0, status.get("message") or status.get("status", "")
+    within = batch / batches if batches else 0.0
+    fraction = min(1.0, (done_epochs + within) / epochs)
+    text = f"epoch {min(done_epochs + 1, epochs)} of {epochs}"
+    if batches and batch:
+        text += f" · batch {batch} of {batches}"
+    return fraction, text
+
+
+def queue_text(position: int | None) -> str:
+    """0 → 'running', 1 → 'next in the queue', n → 'waiting: n−1 runs ahead'."""
+    if position is None:
+        return "not in this server's queue"
+    if position == 0:
+        return "running"
+    if position == 1:
+        return "next in the queue"
+    return f"waiting: {position - 1} runs ahead"
+
+
+def metrics_table(summary: dict | None) -> pd.DataFrame:
+    """summary["splits"] → one row per split: accuracy, AUC, sensitivity, specificity, n."""
+    splits = (summary or {}).get("splits") or {}
+    rows = []
+    for split in SPLIT_ORDER:
+        report = splits.get(split)
+        if not report:
+            continue
+        rows.append({"split": SPLIT_LABELS.get(split, split), "accuracy": report.get("acc"),
+                     "AUC": report.get("auc"), "sensitivity": report.get("sensitivity"),
+                     "specificity": report.get("specificity"), "images": report.get("n")})
+    return pd.DataFrame(rows, columns=["split", "accuracy", "AUC", "sensitivity", "specificity", "images"])
+
+
+def confusion_frame(confusion: list[list[int]], classes: list[str]) -> pd.DataFrame:
+    """K×K counts (rows true, columns predicted) → long DataFrame(true, predicted, count, share)."""
+    rows = []
+    for i, row in enumerate(confusion):
+        total = sum(row) or 1
+        for j, count in enumerate(row):
+            rows.append({"true": classes[i], "predicted": classes[j], "count": int(count),
+                         "share of true class": count / total})
+    return pd.DataFrame(rows, columns=["true", "predicted", "count", "share of true class"])
+
+
+def confusion_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
+    """Heatmap with the count written in each cell; colour = share of the true class."""
+    order = list(dict.fromkeys(frame["true"]))
+    base = alt.Chart(frame).encode(
+        x=alt.X("predicted:N", sort=order, title="predicted", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("true:N", sort=order, title="true"),
+    )
+    cells = base.mark_rect().encode(
+        color=alt.Color("share of true class:Q", scale=alt.Scale(domain=[0, 1], scheme="blues"), legend=None),
+        tooltip=["true", "predicted", "count", alt.Tooltip("share of true class:Q", format=".1%")])
+    text = base.mark_text(fontSize=16).encode(
+        text="count:Q",
+        color=alt.condition(alt.datum["share of true class"] > 0.5, alt.value("white"), alt.value("black")))
+    # "pad": the natural size (80 × 52 px per cell), not squeezed to fit a narrow column.
+    return (cells + text).properties(title=title, width=alt.Step(80), height=alt.Step(52),
+                                     autosize=alt.AutoSizeParams(type="pad"))
+
+
+def roc_frame(predictions: dict[str, dict[str, torch.Tensor]],
+              splits: tuple[str, ...] = ("val", "test")) -> tuple[pd.DataFrame, dict[str, float | None]]:
+    """Stored predictions → (DataFrame(split, fpr, tpr, threshold), {split: AUC}).
+
+    The score is the probability of disease (not NORMAL); a split with one class only has
+    no ROC curve and AUC None.
+    """
+    from explore.metrics import auc
+
+    frames, aucs = [], {}
+    for split in splits:
+        if split not in predictions:
+            continue
+        labels = predictions[split]["labels"].long()
+        score = positive_score(predictions[split]["probs"].float())
+        is_positive = labels != 0
+        aucs[split] = auc(is_positive, score)
+        if aucs[split] is None:
+            continue
+        fpr, tpr, thresholds = roc_curve(is_positive, score)
+        frames.append(pd.DataFrame({"split": SPLIT_LABELS.get(split, split), "fpr": fpr.numpy(),
+                                    "tpr": tpr.numpy(), "threshold": thresholds.numpy()}))
+    columns = ["split", "fpr", "tpr", "threshold"]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return frame, aucs
+
+
+def roc_chart(frame: pd.DataFrame, aucs: dict[str, float | None]) -> alt.Chart:
+    """ROC curves per split with AUC in the legend, and the chance diagonal."""
+    data = frame.copy()
+    drawn = [s for s in SPLIT_ORDER if aucs.get(s) is not None]
+    names = {SPLIT_LABELS[s]: f"{SPLIT_LABELS[s]} · AUC {aucs[s]:.3f}" for s in drawn}
+    data["curve"] = data["split"].map(names)
+    colours = alt.Scale(domain=[names[SPLIT_LABELS[s]] for s in drawn], range=[SPLIT_COLOURS[s] for s in drawn])
+    data["threshold"] = data["threshold"].replace([float("inf")], None)
+    curves = alt.Chart(data).mark_line(interpolate="step-after").encode(
+        x=alt.X("fpr:Q", title="false-positive rate (1 − specificity)", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("tpr:Q", title="true-positive rate (sensitivity)", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("curve:N", title=None, scale=colours,
+                        legend=alt.Legend(orient="bottom-right", fillColor="white", padding=6, labelLimit=300)),
+        tooltip=["split", alt.Tooltip("fpr:Q", format=".3f"), alt.Tooltip("tpr:Q", format=".3f"),
+                 alt.Tooltip("threshold:Q", format=".3f")],
+    )
+    chance = alt.Chart(pd.DataFrame({"fpr": [0, 1], "tpr": [0, 1]})).mark_line(
+        strokeDash=[4, 4], color="gray").encode(x="fpr:Q", y="tpr:Q")
+    return (chance + curves).properties(title="ROC curve (disease vs normal)", height=300)
+
+
+def _number(value) -> float:
+    """None → NaN, so a table column stays numeric (and shows an empty cell)."""
+    return float("nan") if value is None else float(value)
+
+
+def runs_table(records: list) -> pd.DataFrame:
+    """RunRecords → one row each for the 'recent runs' list; a damaged folder shows its reason."""
+    rows = []
+    for record in records:
+        config, summary = record.config, record.summary or {}
+        rows.append({
+            "run": record.run_id,
+            "status": record.state,
+            "name": record.label,
+            "model": config.model if config else "",
+            "group": config.group if config else "",
+            "epochs": summary.get("epochs_completed", record.status.get("epoch")),
+            "val acc": _number(summary.get("val_acc")),
+            "test acc": _number(summary.get("test_acc")),
+            "note": record.damaged or summary.get("message") or record.status.get("message", ""),
+        })
+    return pd.DataFrame(rows, columns=["run", "status", "name", "model", "group", "epochs", "val acc",
+                                       "test acc", "note"])
+
+
+def curves_for(records: list) -> pd.DataFrame:
+    """Curves of several RunRecords in one frame, labelled by run name (for one chart)."""
+    frames = [curves_frame(r.metrics, r.label) for r in records if r.metrics]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CURVE_COLUMNS)
+
+
+def describe_data(spec) -> str:
+    """A DataSpec in one line: 'synthetic · 128 px · 2 classes · knobs: noise=0.8'."""
+    parts = [spec.source, f"{spec.image_size} px", f"{spec.num_classes} classes" if spec.source == "synthetic" else ""]
+    if spec.test_source and spec.test_source != spec.source:
+        parts.append(f"test from {spec.test_source}")
+    if spec.synthetic:
+        parts.append("knobs: " + ", ".join(f"{k}={v:g}" for k, v in spec.synthetic))
+    return " · ".join(p for p in parts if p)
+
+
+def configs_table(configs: list) -> pd.DataFrame:
+    """What a preset will queue: one row per run with the settings that matter most."""
+    return pd.DataFrame([{
+        "run": c.name, "model": c.model, "loss": c.loss, "optimizer": c.optimizer, "lr": f"{c.lr:g}",
+        "schedule": c.scheduler if c.scheduler != "step" else f"step({c.step_size}, {c.gamma:g})",
+        "weight decay": f"{c.weight_decay:g}", "batch": c.batch_size, "epochs": c.epochs,
+        "early stop": c.early_stopping_patience or "off", "image px": c.data.image_size,
+    } for c in configs])
+
+
+def run_exists(store, run_id: str) -> bool:
+    """A run id from a URL: True only for a folder in this store (never a path outside it)."""
+    from explore.store import StoreError
+
+    try:
+        return store.path(run_id).is_dir()
+    except StoreError:
+        return False
+
+
+# ----- images for display ------------------------------------------------------------------
+
+MASK_COLOURS = {"lung": (60, 200, 90), "lesion": (230, 50, 40), "marker": (250, 200, 0)}  # RGB
+
+
+def grey(image: torch.Tensor) -> np.ndarray:
+    """A stored image (uint8 1×H×W or H×W) as an H×W uint8 array for st.image."""
+    return image.reshape(image.shape[-2:]).cpu().numpy()
+
+
+def _outline(mask: torch.Tensor) -> torch.Tensor:
+    """The boundary pixels of a bool H×W mask (inside, with a neighbour outside)."""
+    outside = (~mask).float()[None, None]
+    near_outside = F.max_pool2d(outside, 3, stride=1, padding=1)[0, 0] > 0
+    return mask & near_outside
+
+
+def overlay_masks(image: torch.Tensor, masks: dict[str, torch.Tensor]) -> np.ndarray:
+    """RGB H×W×3: the grey image with the lung outlined in green, lesions tinted red and
+    burned-in markers in yellow (the synthetic set knows where each of these is)."""
+    rgb = torch.from_numpy(grey(image)).float()[..., None].repeat(1, 1, 3)
+    for name, alpha in (("lesion", 0.45), ("marker", 0.8)):
+        if name in masks:
+            where = masks[name].reshape(rgb.shape[:2]).bool()
+            rgb[where] = (1 - alpha) * rgb[where] + alpha * torch.tensor(MASK_COLOURS[name], dtype=torch.float)
+    if "lung" in masks:
+        outline = _outline(masks["lung"].reshape(rgb.shape[:2]).bool())
+        rgb[outline] = torch.tensor(MASK_COLOURS["lung"], dtype=torch.float)
+    return rgb.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def diverging_rgb(difference: torch.Tensor) -> tuple[np.ndarray, float]:
+    """A signed H×W image → (RGB: red where positive, blue where negative, white at 0; the
+    value that maps to full colour). Scaled to its own largest |value| so faint shifts show."""
+    scale = float(difference.abs().max()) or 1.0
+    t = (difference / scale).clamp(-1, 1)
+    positive, negative = t.clamp(min=0), (-t).clamp(min=0)
+    red = 1 - negative
+    green = 1 - positive - negative
+    blue = 1 - positive
+    rgb = torch.stack([red, green, blue], dim=-1)
+    return (rgb * 255).round().to(torch.uint8).numpy(), scale
+
+
+def size_summary(sizes: pd.DataFrame) -> pd.DataFrame:
+    """stats.original_size_table → per split and class: images, median size, aspect ratio range.
+
+    Aspect = width / height; every image is resized to a square, so anything far from 1 was stretched.
+    """
+    columns = ["split", "class", "images", "median size (w × h)", "aspect min · median · max"]
+    if sizes.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for (split, cls), group in sizes.groupby(["split", "class"], sort=False):
+        aspect = group["aspect"]
+        rows.append([split, cls, len(group), f"{group['width'].median():g} × {group['height'].median():g}",
+                     f"{aspect.min():.2f} · {aspect.median():.2f} · {aspect.max():.2f}"])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def outcome_text(record) -> str:
+    """How an ended run did, in one line: 'val 92.5% · test 78.0% (site B)', else why it ended."""
+    if record.damaged:
+        return f"damaged: {record.damaged}"
+    summary = record.summary or {}
+    splits = summary.get("splits") or {}
+    parts = [f"{name} {splits[split]['acc']:.1%}" for split, name in (("val", "val"), ("test", "test (site B)"))
+             if splits.get(split, {}).get("acc") is not None]
+    return " · ".join(parts) if parts else summary.get("message") or record.status.get("message", "")

@@ -1,0 +1,260 @@
+"""Train: replay a homework preset or set every knob yourself, then watch the model learn.
+
+Training runs in the server's job queue, not in this script: changing a widget, switching
+pages or refreshing the browser never stops or restarts it. The run ids sit in the URL
+(?run=...), so a refresh finds them again.
+"""
+from dataclasses import replace
+
+import streamlit as st
+import torch
+
+from explore import report
+from explore.config import RunConfig
+from explore.models import MODELS
+from explore.presets import PRESETS
+from explore.settings import NotAllowed, apply_limits, check_sweep_allowed
+from explore.store import StoreError
+from pages.common import app_settings, current_data_spec, job_manager, run_store, status_badge
+
+LEARNING_RATES = [1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0]
+WEIGHT_DECAYS = [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0]
+OPTIMIZERS = {"sgd": "SGD", "momentum": "SGD + momentum", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW"}
+SCHEDULERS = {"none": "constant", "step": "StepLR", "exponential": "exponential decay", "cosine": "cosine",
+              "plateau": "reduce on plateau", "onecycle": "one-cycle"}
+NORMS = {"dataset": "train-set mean/std", "per_image": "per image", "histeq": "histogram equalisation",
+         "none": "none (pixels 0..1)"}
+PERCENT_COLUMNS = {name: st.column_config.NumberColumn(format="percent")
+                   for name in ("accuracy", "sensitivity", "specificity", "val acc", "test acc")}
+PERCENT_COLUMNS["AUC"] = st.column_config.NumberColumn(format="%.3f")
+HEADLINE = [("val accuracy", "val", "acc"), ("test accuracy", "test", "acc"), ("test AUC", "test", "auc"),
+            ("test sensitivity", "test", "sensitivity")]  # (label, split, key in summary["splits"][split])
+
+store, manager, settings = run_store(), job_manager(), app_settings()
+spec = current_data_spec()
+MAX_EPOCHS = settings.max_epochs if settings.demo_mode else 300
+st.title("Train a classifier")
+st.caption(f"Dataset: **{report.describe_data(spec)}** — choose another on the Data page.")
+
+
+def preset_configs() -> list[RunConfig] | None:
+    """The preset picker; returns the configs to queue when its Train button is pressed."""
+    name = st.selectbox("Preset", list(PRESETS), format_func=lambda n: PRESETS[n].title, key="preset")
+    preset = PRESETS[name]
+    st.info(preset.note.replace("\n", "  \n"))
+    quick = st.checkbox("Quick variant", value=not torch.cuda.is_available(), key="quick",
+                        help="On by default without a GPU: the full presets replay the homework's 256 px runs.")
+    if quick:
+        st.caption(f"⚡ {preset.describe_quick()}")
+    configs = preset.configs(quick=quick)
+    own_size = st.checkbox(f"Use the Data page's image size ({spec.image_size} px) instead of the preset's "
+                           f"({configs[0].data.image_size} px)", key="preset_own_size")
+    try:
+        configs = [c.replace(data=spec if own_size else replace(spec, image_size=c.data.image_size)) for c in configs]
+    except ValueError as error:
+        st.error(f"This preset cannot run on the chosen dataset: {error}")
+        return None
+    st.dataframe(report.configs_table(configs), hide_index=True)
+    label = "Train this preset" + (f" ({len(configs)} runs, one after another)" if len(configs) > 1 else "")
+    return configs if st.button(label, type="primary", key="train_preset") else None
+
+
+def custom_config() -> RunConfig | None:
+    """Every knob of a RunConfig; returns it when the Train button is pressed."""
+    left, middle, right = st.columns(3, gap="large")
+    with left:
+        st.markdown("**Model and loss**")
+        model = st.selectbox("Model", list(MODELS), index=list(MODELS).index("hw3_cnn"), key="model")
+        st.caption(MODELS[model].description)
+        options = {}
+        if "dropout" in MODELS[model].options:
+            options["dropout"] = st.slider("Dropout", 0.0, 0.9, 0.5, 0.05, key="dropout")
+        two_classes = spec.num_classes == 2
+        loss = st.radio("Loss", ["bce", "ce"] if two_classes else ["ce"], horizontal=True, key="loss",
+                        format_func={"bce": "BCE (1 output)", "ce": "cross-entropy (K outputs)"}.get)
+        class_weights = st.checkbox("Class weights (inverse frequency)", key="class_weights")
+        st.markdown("**Run**")
+        seed_col, name_col = st.columns(2)
+        seed = seed_col.number_input("Seed", 0, 10**6, 0, key="seed")
+        name = name_col.text_input("Name", "", key="run_name", placeholder="automatic")
+        device_col, precision_col = st.columns(2)
+        device = device_col.selectbox("Device", ["auto", "cpu", "cuda"], key="device")
+        precision = precision_col.selectbox("Precision", ["auto", "fp32", "bf16"], key="precision")
+    with middle:
+        st.markdown("**Optimiser and schedule**")
+        optimizer = st.selectbox("Optimiser", list(OPTIMIZERS), index=3, format_func=OPTIMIZERS.get, key="optimizer")
+        nesterov = optimizer == "momentum" and st.checkbox("Nesterov", key="nesterov")
+        lr = st.select_slider("Learning rate", LEARNING_RATES, value=1e-3, format_func="{:g}".format, key="lr")
+        weight_decay = st.select_slider("Weight decay", WEIGHT_DECAYS, value=0.0, format_func="{:g}".format,
+                                        key="weight_decay")
+        scheduler = st.selectbox("Schedule", list(SCHEDULERS), format_func=SCHEDULERS.get, key="scheduler")
+        step_size, gamma = 10, 0.1
+        if scheduler == "step":
+            step_size = st.number_input("Step size (epochs)", 1, 100, 10, key="step_size")
+        if scheduler in ("step", "exponential", "plateau"):
+            gamma = st.number_input("Decay factor γ", 0.01, 0.99, 0.1 if scheduler != "exponential" else 0.9,
+                                    0.05, key=f"gamma_{scheduler}")
+    with right:
+        st.markdown("**Batches, epochs, regularisation**")
+        batch_size = st.select_slider("Batch size", [8, 16, 32, 64, 128, 256, 512], value=32, key="batch_size")
+        epochs = st.number_input("Epochs", 1, MAX_EPOCHS, min(10, MAX_EPOCHS), key="epochs")
+        patience = st.number_input("Early stopping patience (0 = off)", 0, 50, 0, key="patience")
+        restore_best = st.checkbox("Restore the best epoch's weights", value=True, key="restore_best",
+                                   disabled=patience == 0)
+        augment = st.multiselect("Augmentation", ["geometry", "intensity", "noise"], key="augment")
+        if st.checkbox("Horizontal flip", key="hflip"):
+            augment.append("hflip")
+        st.caption("Flips are off by default: the heart is on the patient's left, so a flipped "
+                   "chest X-ray shows anatomy that does not exist.")
+        input_norm = st.selectbox("Input normalisation", list(NORMS), format_func=NORMS.get, key="input_norm",
+                                  help="How pixels are standardised before the model; statistics come from "
+                                       "the training split only, so val and test never leak in.")
+    if not st.button("Train", type="primary", key="train_custom"):
+        return None
+    return RunConfig(
+        data=spec, model=model, model_options=tuple(options.items()), loss=loss, class_weights=class_weights,
+        optimizer=optimizer, nesterov=bool(nesterov), lr=lr, weight_decay=weight_decay, scheduler=scheduler,
+        step_size=int(step_size), gamma=float(gamma), batch_size=batch_size, epochs=int(epochs),
+        early_stopping_patience=int(patience), restore_best=restore_best, augment=tuple(augment),
+        input_norm=input_norm, seed=int(seed), device=device, precision=precision,
+        name=name or f"{model} · {OPTIMIZERS[optimizer]} lr {lr:g}")
+
+
+def submit(build) -> None:
+    """Queue the runs the form built; their ids go into the URL so a refresh finds them.
+    In demo mode runs are capped (epochs, image size) and the page says what was changed."""
+    try:
+        configs = build()
+        if not configs:
+            return
+        configs = configs if isinstance(configs, list) else [configs]
+        check_sweep_allowed(settings, len(configs))
+        limited = [apply_limits(settings, config) for config in configs]
+        run_ids = manager.submit(store, [config for config, _ in limited])
+    except (ValueError, StoreError, NotAllowed) as error:
+        st.error(f"Cannot start: {error}")
+        return
+    notes = sorted({note for _, run_notes in limited for note in run_notes})
+    if notes:
+        st.info("Demo mode: " + "; ".join(notes))
+    st.query_params["run"] = run_ids
+    st.session_state["train_runs"] = run_ids
+
+
+preset_tab, custom_tab = st.tabs(["📚 Homework presets", "🛠️ Custom run"])
+with preset_tab:
+    submit(preset_configs)
+with custom_tab:
+    submit(custom_config)
+
+
+def shown_run_ids() -> list[str]:
+    """Runs named in the URL (a refresh keeps them), else the ones this session started last."""
+    wanted = st.query_params.get_all("run") or st.session_state.get("train_runs", [])
+    return [run_id for run_id in wanted if report.run_exists(store, run_id)]
+
+
+def is_live(record) -> bool:
+    """Still worth polling: running, or waiting in this server's queue (a queued run that the
+    queue does not know was queued before a server restart: it will never start)."""
+    in_queue = manager.queue_position(record.run_id) is not None
+    return record.state == "running" or (record.state == "queued" and in_queue)
+
+
+def live_view(run_ids: list[str], finished_before: set[str]) -> None:
+    """Status, progress and curves of the shown runs; redrawn every second while any is live."""
+    records = [store.load(run_id) for run_id in run_ids]
+    finished_now = {r.run_id for r in records if not is_live(r)}
+    if finished_now != finished_before:
+        st.rerun()  # a run ended: redraw the whole page once, with its final results
+    for record in records:
+        name_col, state_col, stop_col = st.columns([3, 5, 1], vertical_alignment="center")
+        name_col.markdown(f"**{record.label}**  \n{status_badge(record.state)}")
+        if record.state == "running":
+            fraction, text = report.progress(record.status)
+            state_col.progress(fraction, text=text)
+        elif record.state == "queued":
+            state_col.write(f"🕒 {report.queue_text(manager.queue_position(record.run_id))}")
+        else:
+            state_col.write(report.outcome_text(record))
+        if is_live(record) and stop_col.button("Stop", key=f"stop-{record.run_id}"):
+            manager.stop(record.run_id)
+    curves = report.curves_for(records)
+    if curves.empty:
+        st.caption("The curves appear after the first epoch.")
+        return
+    loss_col, acc_col = st.columns(2)
+    loss_col.altair_chart(report.curves_chart(curves, "loss"), width="stretch")
+    acc_col.altair_chart(report.curves_chart(curves, "accuracy"), width="stretch")
+
+
+def final_results(record) -> None:
+    """How one run ended: the message, metrics per split, confusion matrices and ROC curves."""
+    summary, state = record.summary or {}, record.state
+    message = record.damaged or summary.get("message", "")
+    {"finished": st.success, "stopped": st.info, "diverged": st.warning}.get(state, st.error)(
+        f"{status_badge(state)} — {message}")
+    table = report.metrics_table(summary)
+    if table.empty:
+        return
+    for col, (label, split, key) in zip(st.columns(len(HEADLINE)), HEADLINE):
+        value = summary["splits"].get(split, {}).get(key)
+        col.metric(label, "—" if value is None else f"{value:.1%}" if key != "auc" else f"{value:.3f}")
+    st.dataframe(table, hide_index=True, column_config=PERCENT_COLUMNS)
+    matrix_cols = st.columns([1.1, 1.1, 1.3], gap="medium")
+    for col, split in zip(matrix_cols, ("val", "test")):
+        if split in summary["splits"]:
+            frame = report.confusion_frame(summary["splits"][split]["confusion"], summary.get("classes", []))
+            col.altair_chart(report.confusion_chart(frame, f"confusion · {report.SPLIT_LABELS[split]}"),
+                             width="content")
+    try:
+        roc, aucs = report.roc_frame(store.load_predictions(record.run_id))
+        matrix_cols[2].altair_chart(report.roc_chart(roc, aucs), width="stretch")
+    except StoreError as error:
+        matrix_cols[2].caption(f"No ROC curve: {error}")
+
+
+run_ids = shown_run_ids()
+if run_ids:
+    st.divider()
+    st.subheader("Your run" if len(run_ids) == 1 else f"Your runs ({len(run_ids)}, in order)")
+    records = [store.load(run_id, with_metrics=False) for run_id in run_ids]
+    finished = {r.run_id for r in records if not is_live(r)}
+    if len(finished) < len(records):
+        st.fragment(run_every=1.0)(live_view)(run_ids, finished)
+    else:
+        live_view(run_ids, finished)
+    done = {r.run_id: r for r in records if r.run_id in finished}
+    if done:
+        pick = next(iter(done)) if len(done) == 1 else st.selectbox(
+            "Final results of", list(done), format_func=lambda i: f"{done[i].label} ({done[i].state})",
+            key="result_pick")
+        final_results(store.load(pick, with_metrics=False))
+
+
+def recent_runs() -> None:
+    """The runs in this store, newest first; selecting one shows it above. Damaged folders say why."""
+    st.subheader("Recent runs")
+    recent = store.list()[:30]
+    if not recent:
+        st.caption(f"No runs yet in {store.root}.")
+        return
+    table = report.runs_table(recent)
+    table["status"] = table["status"].map(status_badge)
+
+    def open_selected():
+        rows = st.session_state["recent_runs"]["selection"]["rows"]
+        if rows:
+            st.query_params["run"] = [table["run"][rows[0]]]
+            st.session_state["train_runs"] = [table["run"][rows[0]]]
+
+    st.dataframe(table, hide_index=True, on_select=open_selected, selection_mode="single-row", key="recent_runs",
+                 column_config=PERCENT_COLUMNS, placeholder="", column_order=list(table.columns[1:]))
+    st.caption("Select a row to show that run above.")
+
+
+st.divider()
+if manager.active()["running"] or manager.active()["queued"]:
+    st.fragment(run_every=2.0)(recent_runs)()  # statuses change while something trains
+else:
+    recent_runs()
