@@ -1,0 +1,666 @@
+"""`python -m explore bench`: the speed figures of BENCHMARKS.md, measured in one process.
+
+    python -m explore bench            # the full set (tens of minutes on a 2-core CPU)
+    python -m explore bench --quick    # small sizes, a smoke test (under two minutes)
+    python -m explore bench --json     # one JSON object on stdout (progress goes to stderr)
+
+Sections (each can be picked with --only):
+  training   one epoch of the app's loop vs the course's ImageFolder + DataLoader loop,
+             same data, model, batch size and epochs; accuracies side by side
+  precision  the app's loop in fp32 vs bf16 autocast (what precision="auto" should pick)
+  frozen     frozen transfer: cached backbone features vs recomputing the backbone every epoch
+  live       a run through the job queue and run store, polled like a page, vs the bare generator
+  attribution  milliseconds per image for each attribution method, batched
+  startup    `streamlit run` to the first page served, and peak memory of a typical session
+  data       generating the synthetic set; loading a PNG folder cold and from the decode cache
+
+Every timing is a median over repeats, reported with its min and max. A section that fails
+(or whose code is not there yet) is reported as such; the other sections still run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from explore.config import RunConfig
+from explore.data import DataBundle, DataSpec, load_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("training", "precision", "frozen", "live", "attribution", "startup", "data")
+
+# The course's reference timings (a Colab T4, 30 epochs at 256 px, from the homework reports).
+COURSE_T4_CNN_SECONDS_PER_EPOCH = 70 / 30
+COURSE_T4_MLP_SECONDS_TOTAL = 11
+# The goals of the speed issue, as "at least this many times faster" (live: at most this slower).
+GOALS = {"hw3_cnn": 3.0, "hw2_mlp": 10.0, "frozen": 20.0, "live": 1.05}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes for one benchmark invocation: the full set or the quick smoke test."""
+
+    quick: bool
+    device: str
+    course_workers: int
+    image_sizes: tuple[int, ...]
+    models: tuple[str, ...]
+    epochs: int
+    knobs: tuple[tuple[str, float], ...]  # synthetic-set sizes; () = the default 1600/400/400
+    repeats: int
+    png_folder_images: int
+    attribution_size: int
+    attribution_images: int
+
+    @classmethod
+    def make(cls, quick: bool, device: str = "auto", course_workers: int = 0, epochs: int | None = None,
+             repeats: int | None = None) -> "Settings":
+        if quick:
+            return cls(quick, device, course_workers, image_sizes=(64,), models=("hw3_cnn", "hw2_mlp"),
+                       epochs=epochs or 2, knobs=(("n_train", 256), ("n_val", 64), ("n_test", 64)),
+                       repeats=repeats or 1, png_folder_images=200, attribution_size=64, attribution_images=4)
+        return cls(quick, device, course_workers, image_sizes=(128, 256), models=("hw3_cnn", "hw2_mlp"),
+                   epochs=epochs or 3, knobs=(), repeats=repeats or 3, png_folder_images=2000,
+                   attribution_size=128, attribution_images=16)
+
+
+# ----------------------------------------------------------------------------- measuring
+def spread(values: list[float]) -> dict:
+    """Median with min and max: the median resists one disturbed repeat, min/max show the noise."""
+    values = [float(v) for v in values]
+    if not values:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def ratio(slow: dict, fast: dict) -> float | None:
+    if not slow.get("median") or not fast.get("median"):
+        return None
+    return slow["median"] / fast["median"]
+
+
+def machine_info(device: str) -> dict:
+    """What BENCHMARKS.md needs to say about the hardware."""
+    from explore.device import pick_device
+
+    cpu = platform.processor() or "unknown"
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        cpu = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
+                    if line.startswith("Model name")), cpu)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    chosen = pick_device(device)
+    return {
+        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(chosen) if chosen.type == "cuda" else None,
+        "device": str(chosen), "torch": torch.__version__, "python": platform.python_version(),
+        "load_average": os.getloadavg(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr, so `--json` output on stdout stays one parseable object."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- 1. training
+def write_png_folder(bundle: DataBundle, root: Path, splits=("train", "val"), limit: int | None = None,
+                     scale: int = 1) -> int:
+    """Write a bundle's images as ROOT/SPLIT/CLASS/NNNNN.png (the layout torchvision's ImageFolder reads).
+
+    scale > 1 upsamples first, so loading has a real resize to do (X-ray files are larger than the
+    training size). Returns the number of files written.
+    """
+    from PIL import Image
+
+    written = 0
+    for split_name in splits:
+        split = bundle.splits[split_name]
+        images = split.images
+        if scale > 1:
+            images = nn.functional.interpolate(images.float(), scale_factor=scale, mode="bilinear")
+            images = images.round().clamp(0, 255).to(torch.uint8)
+        for i in range(len(split)):
+            if limit is not None and written >= limit:
+                return written
+            folder = root / split_name / bundle.classes[int(split.labels[i])]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i, 0].numpy(), mode="L").save(folder / f"{i:05d}.png")
+            written += 1
+    return written
+
+
+def course_loaders(folder: Path, image_size: int, workers: int):
+    """The homework's data pipeline: ImageFolder over image files, decoded and resized every epoch."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([
+        transforms.Grayscale(num_output_channels=1),
+        transforms.Resize((image_size, image_size)),
+        transforms.ToTensor(),
+    ])
+    train_set = datasets.ImageFolder(str(folder / "train"), transform=transform)
+    val_set = datasets.ImageFolder(str(folder / "val"), transform=transform)
+    train_loader = DataLoader(train_set, batch_size=32, shuffle=True, num_workers=workers)
+    val_loader = DataLoader(val_set, batch_size=32, shuffle=False, num_workers=workers)
+    return train_loader, val_loader
+
+
+def train_like_the_course(model: nn.Module, train_loader, val_loader, epochs: int, device: torch.device):
+    """The standard PyTorch tutorial loop, as the homework wrote it: fp32, NCHW, `.item()` every step.
+
+    Yields one dict per epoch (seconds, train loss/accuracy, val accuracy).
+    """
+    model = model.to(device)
+    criterion = nn.BCEWithLogitsLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        model.train()
+        running_loss, correct, total = 0.0, 0, 0
+        for images, labels in train_loader:
+            images, labels = images.to(device), labels.float().unsqueeze(1).to(device)
+            optimizer.zero_grad()
+            outputs = model(images)
+            loss = criterion(outputs, labels)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item() * images.size(0)
+            predicted = (torch.sigmoid(outputs) > 0.5).float()
+            correct += (predicted == labels).sum().item()
+            total += labels.size(0)
+        model.eval()
+        val_correct, val_total = 0, 0
+        with torch.no_grad():
+            for images, labels in val_loader:
+                images, labels = images.to(device), labels.float().unsqueeze(1).to(device)
+                predicted = (torch.sigmoid(model(images)) > 0.5).float()
+                val_correct += (predicted == labels).sum().item()
+                val_total += labels.size(0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        yield {"epoch": epoch + 1, "seconds": time.perf_counter() - started, "train_loss": running_loss / total,
+               "train_acc": correct / total, "val_acc": val_correct / val_total}
+
+
+def fast_training(model_name: str, bundle: DataBundle, spec: DataSpec, epochs: int, device: str) -> dict:
+    """The app's own loop (`make_run(...).fit()`), with the same model, data, batch size and optimiser."""
+    from explore.train import make_run
+
+    config = RunConfig(data=spec, model=model_name, loss="bce", optimizer="adam", lr=1e-3, batch_size=32,
+                       epochs=epochs, eval_test=False, device=device)
+    seconds, run = timed(lambda: make_run(config, bundle=bundle))
+    records = [r for r in run.fit() if r["kind"] == "epoch"]
+    return {"seconds_per_epoch": spread([r["seconds"] for r in records]), "setup_seconds": seconds,
+            "val_acc": records[-1]["val_acc"], "train_acc": records[-1]["train_acc"],
+            "placement": run.placement.describe(), "epochs": len(records)}
+
+
+def course_training(model_name: str, bundle: DataBundle, epochs: int, device: str, workers: int) -> dict:
+    from explore.device import pick_device
+    from explore.models import build_model
+
+    device_ = pick_device(device)
+    with tempfile.TemporaryDirectory(prefix="explore-bench-") as tmp:
+        write_png_folder(bundle, Path(tmp))
+        torch.manual_seed(0)
+        model = build_model(model_name, bundle.image_size, 1)
+        setup, (train_loader, val_loader) = timed(lambda: course_loaders(Path(tmp), bundle.image_size, workers))
+        records = list(train_like_the_course(model, train_loader, val_loader, epochs, device_))
+    return {"seconds_per_epoch": spread([r["seconds"] for r in records]), "setup_seconds": setup,
+            "val_acc": records[-1]["val_acc"], "train_acc": records[-1]["train_acc"],
+            "placement": f"{device_.type}, fp32, NCHW, DataLoader num_workers={workers}", "epochs": len(records)}
+
+
+def bench_training(settings: Settings) -> dict:
+    rows = []
+    for size in settings.image_sizes:
+        spec = DataSpec(image_size=size, synthetic=settings.knobs)
+        bundle = load_bundle(spec)
+        for model_name in settings.models:
+            log(f"  training: {model_name} at {size} px, course loop then fast path, {settings.epochs} epochs")
+            course = course_training(model_name, bundle, settings.epochs, settings.device, settings.course_workers)
+            fast = fast_training(model_name, bundle, spec, settings.epochs, settings.device)
+            speedup = ratio(course["seconds_per_epoch"], fast["seconds_per_epoch"])
+            goal = GOALS.get(model_name)
+            rows.append({
+                "model": model_name, "image_size": size, "train_images": len(bundle.train),
+                "val_images": len(bundle.val), "epochs": settings.epochs, "batch_size": 32,
+                "course": course, "fast": fast, "speedup": speedup, "goal": goal,
+                "goal_met": None if speedup is None or goal is None else speedup >= goal,
+                "val_acc_difference": fast["val_acc"] - course["val_acc"],
+            })
+    return {"rows": rows, "course_loop": f"torchvision ImageFolder over PNG files, DataLoader(batch 32, shuffle, "
+                                         f"num_workers={settings.course_workers}), Grayscale+Resize+ToTensor, "
+                                         f"fp32 NCHW, .item() every step, Adam 1e-3, BCEWithLogits",
+            "epoch_includes": "training on train plus evaluating val (both loops)",
+            "course_t4_cnn_seconds_per_epoch": COURSE_T4_CNN_SECONDS_PER_EPOCH}
+
+
+def bench_precision(settings: Settings) -> dict:
+    """The app's loop in fp32 and under bf16 autocast, runs interleaved so drifting load hits both.
+
+    Each run trains two epochs and keeps the second: the first carries one-time kernel set-up.
+    """
+    from explore.device import Placement
+    from explore.train import make_run
+
+    size = settings.image_sizes[0]
+    spec = DataSpec(image_size=size, synthetic=settings.knobs)
+    bundle = load_bundle(spec)
+    rows = []
+    for model_name in settings.models:
+        log(f"  precision: {model_name} at {size} px, fp32 vs bf16")
+        seconds: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        accuracy: dict[str, float] = {}
+        for _ in range(settings.repeats):
+            for precision in seconds:
+                config = RunConfig(data=spec, model=model_name, epochs=2, eval_test=False, device=settings.device,
+                                   precision=precision)
+                run = make_run(config, bundle=bundle)
+                records = [r for r in run.fit() if r["kind"] == "epoch"]
+                seconds[precision].append(records[-1]["seconds"])
+                accuracy[precision] = records[-1]["val_acc"]
+        fp32, bf16 = spread(seconds["fp32"]), spread(seconds["bf16"])
+        rows.append({"model": model_name, "image_size": size, "fp32_seconds_per_epoch": fp32,
+                     "bf16_seconds_per_epoch": bf16, "bf16_speedup": ratio(fp32, bf16), "val_acc": accuracy,
+                     "auto_picks": str(Placement.choose(settings.device).dtype).removeprefix("torch.")})
+    return {"rows": rows, "device": str(Placement.choose(settings.device).device)}
+
+
+# ----------------------------------------------------------------------------- 2. frozen transfer
+def bench_frozen(settings: Settings) -> dict:
+    try:
+        from explore.transfer import benchmark_frozen_cache
+    except ImportError:
+        return {"available": False, "note": "not available: explore.transfer.benchmark_frozen_cache is missing"}
+    size = 64 if settings.quick else 128
+    counts = dict(n_train=64, n_val=16, n_test=16) if settings.quick else dict(n_train=300, n_val=50, n_test=50)
+    result = benchmark_frozen_cache(image_size=size, epochs=max(2, settings.epochs), device=settings.device, **counts)
+    speedup = result.get("speedup")
+    return {"available": True, **result, "goal": GOALS["frozen"],
+            "goal_met": None if speedup is None else speedup >= GOALS["frozen"]}
+
+
+# ----------------------------------------------------------------------------- 3. live curves
+def poll_like_a_page(store, run_id: str, stop: threading.Event, interval_s: float = 1.0) -> list[float]:
+    """What the Train page does while a run trains: read the run's folder once a second."""
+    seconds = []
+    while not stop.is_set():
+        took, _ = timed(lambda: store.load(run_id))
+        seconds.append(took)
+        stop.wait(interval_s)
+    return seconds
+
+
+def bench_live(settings: Settings) -> dict:
+    """The job queue + run store + a polling page vs consuming the training generator directly.
+
+    Both sides do the same computation (fit, then predictions and summary); the job side also
+    writes status, metrics, weights and predictions to disk and is polled once a second.
+    """
+    from explore.jobs import JobManager
+    from explore.store import RunStore
+    from explore.train import make_run
+
+    size = 64 if settings.quick else 128
+    spec = DataSpec(image_size=size, synthetic=settings.knobs)
+    config = RunConfig(data=spec, model="hw3_cnn", epochs=1 if settings.quick else 2, device=settings.device)
+    load_bundle(spec)  # decoded once, outside both timings (the app caches it the same way)
+    manager = JobManager(max_concurrent=1)
+    bare, job, poll_seconds = [], [], []
+    def bare_run():
+        run = make_run(config)
+        for _ in run.fit():
+            pass
+        return run.summary(run.predictions())
+
+    bare_run()  # warm-up: first-call costs (kernel selection, allocator) would land on one side only
+    with tempfile.TemporaryDirectory(prefix="explore-bench-runs-") as tmp:
+        store = RunStore(tmp)
+        for _ in range(settings.repeats):
+            bare.append(timed(bare_run)[0])
+            stop = threading.Event()
+            started = time.perf_counter()
+            [run_id] = manager.submit(store, [config])
+            polled: list[float] = []
+            poller = threading.Thread(target=lambda: polled.extend(poll_like_a_page(store, run_id, stop)))
+            poller.start()
+            manager.wait_idle(timeout=3600)
+            job.append(time.perf_counter() - started)
+            stop.set()
+            poller.join()
+            poll_seconds += polled
+            status = store.load(run_id).status.get("status")
+            if status != "finished":
+                raise RuntimeError(f"the benchmark run ended as {status!r}")
+    bare_s, job_s = spread(bare), spread(job)
+    overhead = ratio(job_s, bare_s)
+    return {"model": "hw3_cnn", "image_size": size, "epochs": config.epochs, "bare_seconds": bare_s,
+            "job_seconds": job_s, "overhead": overhead, "store_load_seconds": spread(poll_seconds),
+            "goal": GOALS["live"], "goal_met": None if overhead is None else overhead <= GOALS["live"]}
+
+
+# ----------------------------------------------------------------------------- 4. attribution
+def bench_attribution(settings: Settings) -> dict:
+    try:
+        from explore.attribution import benchmark_attribution
+    except ImportError:
+        return {"available": False, "note": "not available: explore.attribution.benchmark_attribution is missing"}
+    per_method: dict[str, list[float]] = {}
+    result = {}
+    for _ in range(settings.repeats):
+        result = benchmark_attribution("hw3_cnn", image_size=settings.attribution_size,
+                                       n_images=settings.attribution_images, repeats=1,
+                                       device=None if settings.device == "auto" else settings.device)
+        for method, ms in result["ms_per_image"].items():
+            per_method.setdefault(method, []).append(ms)
+    return {"available": True, "model": "hw3_cnn", "image_size": settings.attribution_size,
+            "batch_images": settings.attribution_images, "device": result.get("device"),
+            "ms_per_image": {method: spread(values) for method, values in per_method.items()}}
+
+
+# ----------------------------------------------------------------------------- 5. start-up and memory
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def streamlit_startup_seconds(runs_dir: str, timeout_s: float = 120.0) -> float:
+    """`streamlit run streamlit_app.py` → /_stcore/health answers → GET / returns the page."""
+    port = free_port()
+    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.headless", "true",
+               "--server.port", str(port), "--server.address", "127.0.0.1",
+               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    env = os.environ | {"EXPLORE_RUNS_DIR": runs_dir}
+    started = time.perf_counter()
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        while not http_ok(f"{base}/_stcore/health", 1.0):
+            if server.poll() is not None:
+                raise RuntimeError(f"streamlit exited with code {server.returncode} before serving")
+            if time.perf_counter() - started > timeout_s:
+                raise RuntimeError(f"streamlit did not answer within {timeout_s:.0f} s")
+            time.sleep(0.05)
+        if not http_ok(base + "/", 10.0):
+            raise RuntimeError("streamlit answered /_stcore/health but not /")
+        return time.perf_counter() - started
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def memory_session(quick: bool) -> dict:
+    """A typical student session in one process: load the default data, train the default CNN
+    preset (quick variant) through the run store, open saliency. Returns peak and current RSS."""
+    from explore.attribution import attribute, load_run
+    from explore.jobs import execute_run
+    from explore.presets import PRESETS
+    from explore.store import RunStore
+
+    config = PRESETS["hw3_baseline"].configs(quick=True)[0]
+    if quick:  # the smoke test: tiny data, one epoch
+        config = config.replace(data=DataSpec(image_size=64, synthetic=(("n_train", 128), ("n_val", 32),
+                                                                        ("n_test", 32))), epochs=1)
+    bundle = load_bundle(config.data)
+    with tempfile.TemporaryDirectory(prefix="explore-bench-mem-") as tmp:
+        store = RunStore(tmp)
+        run_id = store.create(config)
+        for _ in execute_run(store, run_id):
+            pass
+        loaded = load_run(store, run_id, bundle)
+        attribute(loaded.explainer(), bundle.val.images[:16], "saliency")
+    status = Path("/proc/self/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    kib = lambda name: int(fields[name].split()[0])  # noqa: E731  "VmHWM:   123456 kB"
+    return {"peak_rss_mb": kib("VmHWM") / 1024, "rss_mb": kib("VmRSS") / 1024, "image_size": config.data.image_size,
+            "epochs": config.epochs, "train_images": len(bundle.train), "preset": "hw3_baseline (quick)"}
+
+
+def bench_startup(settings: Settings) -> dict:
+    result: dict = {}
+    with tempfile.TemporaryDirectory(prefix="explore-bench-runs-") as runs_dir:
+        try:
+            result["streamlit_seconds"] = spread([streamlit_startup_seconds(runs_dir) for _ in range(settings.repeats)])
+        except (RuntimeError, OSError) as error:
+            result["streamlit_error"] = str(error)
+    script = f"import json, explore.bench as b; print(json.dumps(b.memory_session(quick={settings.quick})))"
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                         env=os.environ | {"EXPLORE_RUNS_DIR": tempfile.gettempdir()})
+    if out.returncode == 0:
+        result["memory"] = json.loads(out.stdout.strip().splitlines()[-1])
+    else:
+        result["memory_error"] = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"
+    return result
+
+
+# ----------------------------------------------------------------------------- 6. data
+def bench_data(settings: Settings) -> dict:
+    from explore.data.synthetic import generate_synthetic
+
+    size = 64 if settings.quick else 128
+    knobs = dict(settings.knobs)
+    generate_s, bundle = [], None
+    for _ in range(settings.repeats):
+        seconds, bundle = timed(lambda: generate_synthetic(image_size=size, seed=0, **knobs))
+        generate_s.append(seconds)
+    result = {"synthetic": {"image_size": size, "images": sum(len(s) for s in bundle.splits.values()),
+                            "seconds": spread(generate_s)}}
+    try:
+        from explore.data.folder import load_folder
+    except ImportError:
+        result["folder"] = {"available": False, "note": "not available: explore.data.folder.load_folder is missing"}
+        return result
+    with tempfile.TemporaryDirectory(prefix="explore-bench-png-") as tmp:
+        folder = Path(tmp) / "xrays"
+        count = write_png_folder(bundle, folder, splits=("train", "val", "test"),
+                                 limit=settings.png_folder_images, scale=2)
+        cold, warm = [], []
+        for repeat in range(settings.repeats):
+            cache_dir = str(Path(tmp) / f"cache{repeat}")
+            cold.append(timed(lambda: load_folder(str(folder), image_size=size, cache_dir=cache_dir))[0])
+            warm.append(timed(lambda: load_folder(str(folder), image_size=size, cache_dir=cache_dir))[0])
+    cold_s, warm_s = spread(cold), spread(warm)
+    result["folder"] = {"available": True, "images": count, "file_size_px": 2 * size, "image_size": size,
+                        "cold_seconds": cold_s, "cached_seconds": warm_s, "speedup": ratio(cold_s, warm_s)}
+    return result
+
+
+# ----------------------------------------------------------------------------- running and printing
+RUNNERS: dict[str, Callable[[Settings], dict]] = {
+    "training": bench_training, "precision": bench_precision, "frozen": bench_frozen, "live": bench_live,
+    "attribution": bench_attribution, "startup": bench_startup, "data": bench_data,
+}
+
+
+def run_benchmarks(settings: Settings, sections=SECTIONS, command: str = "") -> dict:
+    """Every chosen section; a section that raises is reported with its error, the rest still run."""
+    from explore.device import set_cpu_threads
+
+    set_cpu_threads()  # one thread per core, as every training run uses
+    report = {"command": command, "settings": {k: v for k, v in vars(settings).items()}, "machine": machine_info(settings.device),
+              "sections": {}}
+    for name in sections:
+        log(f"bench: {name} ...")
+        started = time.perf_counter()
+        try:
+            result = RUNNERS[name](settings)
+        except Exception as error:  # one broken section must not hide the others' figures
+            result = {"error": f"{type(error).__name__}: {error}"}
+        result["section_seconds"] = time.perf_counter() - started
+        report["sections"][name] = result
+        log(f"bench: {name} done in {result['section_seconds']:.1f} s")
+    report["machine"]["load_average_after"] = os.getloadavg()
+    return report
+
+
+def fmt(s: dict | None, unit: str = "s", digits: int = 3) -> str:
+    if not s or s.get("median") is None:
+        return "n/a"
+    return f"{s['median']:.{digits}f} {unit} (min {s['min']:.{digits}f}, max {s['max']:.{digits}f}, n={s['n']})"
+
+
+def times(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}×"
+
+
+def format_report(report: dict) -> str:
+    """The report as readable lines (the same figures as the JSON)."""
+    m, sections = report["machine"], report["sections"]
+    lines = [f"{report['command']}   ({m['date']})",
+             f"machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
+             f"GPU: {m['gpu'] or 'none'}; load average {m['load_average'][0]:.2f} → {m['load_average_after'][0]:.2f}"]
+    for name, result in sections.items():
+        lines.append(f"\n== {name}")
+        if "error" in result:
+            lines.append(f"  failed: {result['error']}")
+            continue
+        if result.get("available") is False:
+            lines.append(f"  {result['note']}")
+            continue
+        lines += FORMATTERS[name](result)
+    return "\n".join(lines)
+
+
+def _format_training(r: dict) -> list[str]:
+    lines = [f"  course loop: {r['course_loop']}; an epoch = {r['epoch_includes']}"]
+    for row in r["rows"]:
+        c, f = row["course"], row["fast"]
+        met = {True: "goal met", False: "goal MISSED", None: ""}[row["goal_met"]]
+        lines += [f"  {row['model']} {row['image_size']} px ({row['train_images']} train images, {row['epochs']} epochs):",
+                  f"    course: {fmt(c['seconds_per_epoch'])} per epoch, val acc {c['val_acc']:.3f}",
+                  f"    fast:   {fmt(f['seconds_per_epoch'])} per epoch, val acc {f['val_acc']:.3f} [{f['placement']}]",
+                  f"    speed-up {times(row['speedup'])} (goal ≥ {row['goal']:g}×: {met})"]
+    return lines
+
+
+def _format_precision(r: dict) -> list[str]:
+    lines = []
+    for row in r["rows"]:
+        lines += [f"  {row['model']} {row['image_size']} px on {r['device']}: fp32 {fmt(row['fp32_seconds_per_epoch'])}, "
+                  f"bf16 {fmt(row['bf16_seconds_per_epoch'])} per epoch → bf16 {times(row['bf16_speedup'])}; "
+                  f"precision='auto' picks {row['auto_picks']}"]
+    return lines
+
+
+def _format_frozen(r: dict) -> list[str]:
+    met = "goal met" if r.get("goal_met") else "goal MISSED"
+    return [f"  {r['backbone']} {r['image_size']} px, {r['train_images']} train images: cached "
+            f"{r['cached_seconds_per_epoch']:.3f} s/epoch vs recompute {r['recompute_seconds_per_epoch']:.3f} s/epoch "
+            f"→ {times(r['speedup'])} (goal ≥ {r['goal']:g}×: {met}); one-time feature pass "
+            f"{r['feature_pass_seconds']:.2f} s"]
+
+
+def _format_live(r: dict) -> list[str]:
+    met = "goal met" if r["goal_met"] else "goal MISSED"
+    return [f"  bare generator {fmt(r['bare_seconds'])}", f"  job + store + 1 s polling {fmt(r['job_seconds'])}",
+            f"  overhead {r['overhead']:.3f}× (goal ≤ {r['goal']:g}×: {met}); one store.load "
+            f"{fmt(_ms(r['store_load_seconds']), 'ms', 1)}"]
+
+
+def _ms(s: dict) -> dict:
+    return {k: (v * 1000 if isinstance(v, float) and k != "n" else v) for k, v in s.items()}
+
+
+def _format_attribution(r: dict) -> list[str]:
+    lines = [f"  {r['model']} {r['image_size']} px, batches of {r['batch_images']} images on {r['device']}:"]
+    lines += [f"    {method}: {fmt(s, 'ms/image', 1)}" for method, s in r["ms_per_image"].items()]
+    return lines
+
+
+def _format_startup(r: dict) -> list[str]:
+    lines = [f"  streamlit run → first page: {fmt(r['streamlit_seconds'], 's', 2)}" if "streamlit_seconds" in r
+             else f"  streamlit failed: {r.get('streamlit_error')}"]
+    if "memory" in r:
+        mem = r["memory"]
+        lines.append(f"  peak RSS of a session ({mem['preset']}, {mem['image_size']} px, {mem['epochs']} epochs, "
+                     f"saliency): {mem['peak_rss_mb']:.0f} MB")
+    else:
+        lines.append(f"  memory session failed: {r.get('memory_error')}")
+    return lines
+
+
+def _format_data(r: dict) -> list[str]:
+    s = r["synthetic"]
+    lines = [f"  generate synthetic ({s['images']} images, {s['image_size']} px): {fmt(s['seconds'], 's', 2)}"]
+    f = r["folder"]
+    if f.get("available"):
+        lines += [f"  PNG folder ({f['images']} files of {f['file_size_px']} px → {f['image_size']} px): "
+                  f"cold {fmt(f['cold_seconds'], 's', 2)}, cached {fmt(f['cached_seconds'], 's', 2)} "
+                  f"→ {times(f['speedup'])}"]
+    else:
+        lines.append(f"  {f['note']}")
+    return lines
+
+
+FORMATTERS = {"training": _format_training, "precision": _format_precision, "frozen": _format_frozen, "live": _format_live,
+              "attribution": _format_attribution, "startup": _format_startup, "data": _format_data}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m explore bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke test in under two minutes")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
+    p.add_argument("--course-workers", type=int, default=0,
+                   help="DataLoader num_workers of the course's loop (0: the tutorial default)")
+    p.add_argument("--epochs", type=int, help="epochs per training comparison (default 3, quick 2)")
+    p.add_argument("--repeats", type=int, help="repeats per figure (default 3, quick 1)")
+    return p
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        print(f"error: unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda was asked for but no CUDA GPU is available", file=sys.stderr)
+        return 2
+    settings = Settings.make(args.quick, args.device, args.course_workers, args.epochs, args.repeats)
+    command = " ".join(["python -m explore bench", *(argv if argv is not None else sys.argv[2:])])
+    report = run_benchmarks(settings, sections, command.strip())
+    print(json.dumps(report, indent=1) if args.json else format_report(report), flush=True)
+    return 1 if any("error" in r for r in report["sections"].values()) else 0
