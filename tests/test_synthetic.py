@@ -177,7 +177,8 @@ def test_sites_match_when_every_shift_is_zero(same_sites):
 def site_b(**knobs):
     """Site B's test images with every shift at 0 except `knobs`. The random draws do not
     depend on the knob values, so two calls image the same patients: a paired comparison."""
-    return generate_synthetic(image_size=64, n_train=10, n_val=10, n_test=24, **(no_shift_knobs() | knobs)).test
+    settings = no_shift_knobs() | knobs
+    return generate_synthetic(image_size=64, n_train=10, n_val=10, n_test=24, **settings).test
 
 
 def per_image(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -225,8 +226,9 @@ def test_text_marker_knob_burns_in_more_text():
 
 @pytest.mark.parametrize("knob", SHIFT_KNOBS)
 def test_each_shift_knob_changes_site_b_only(knob):
-    base = generate_synthetic(image_size=64, n_train=10, n_val=10, n_test=10, **no_shift_knobs())
-    moved = generate_synthetic(image_size=64, n_train=10, n_val=10, n_test=10, **(no_shift_knobs() | {knob: 1.0}))
+    sizes = {"n_train": 10, "n_val": 10, "n_test": 10}
+    base = generate_synthetic(image_size=64, **sizes, **no_shift_knobs())
+    moved = generate_synthetic(image_size=64, **sizes, **(no_shift_knobs() | {knob: 1.0}))
     assert not torch.equal(base.test.images, moved.test.images)
     assert torch.equal(base.val.images, moved.val.images)
 
@@ -339,6 +341,15 @@ def test_preview_is_deterministic_and_patients_differ():
     other = render_patient_at_sites(image_size=64, patient=2)
     assert torch.equal(first["B"]["image"], again["B"]["image"])
     assert not torch.equal(first["A"]["lung"], other["A"]["lung"])
+
+
+def test_preview_three_classes_and_bad_labels():
+    bacterial = render_patient_at_sites(image_size=64, patient=4, label=1, num_classes=3)["A"]["lesion"]
+    viral = render_patient_at_sites(image_size=64, patient=4, label=2, num_classes=3)["A"]["lesion"]
+    assert bacterial.any() and viral.any()
+    assert not (bacterial[:, :32].any() and bacterial[:, 32:].any())  # one lung
+    with pytest.raises(ValueError):
+        render_patient_at_sites(image_size=64, label=2)  # 2 classes: no label 2
 
 
 def test_preview_normal_patient_has_no_lesion():

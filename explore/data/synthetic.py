@@ -32,12 +32,22 @@ Two sites:
 Every image comes with masks (bool N×1×H×W in Split.masks): "lung", "lesion" (the
 opacities; empty for NORMAL) and "marker" (burned-in text and tags).
 
+Both sites mark laterality with an "R" on some images (40%); that is not a difference.
+
 Everything is deterministic: one torch.Generator per (seed, site, split), so the same seed
 and knobs give bit-identical tensors. Images are drawn in batches with tensor ops
 (coordinate grids, low-resolution noise upsampled into smooth fields), not pixel loops.
+
+Measured (seed 0, 128 px, the course CNN hw3_cnn, Adam 1e-3, batch 32, 12 epochs, CPU):
+  default knobs            val (site A) 92.8%   test (site B) 74.3%   (epochs 8-12: val 92-94, test 74-78)
+  every shift 0, shortcut 0  val 91.0%          test 92.8%            (epochs 8-12: gap <= 2.3 points)
+Generating the default set (2,400 images) takes ~7 s at 128 px, ~2 s at 64, ~18 s at 224
+and ~23 s at 256 on a shared 2-core VM (`python -c "from explore.data.synthetic import
+generate_synthetic as g; g(image_size=128)"`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from dataclasses import dataclass
@@ -613,6 +623,24 @@ def _burn_markers(images: torch.Tensor, acq: dict) -> torch.Tensor:
 # ----------------------------------------------------------------------------- rendering
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Draw on one CPU thread, then restore the caller's setting.
+
+    The drawing is thousands of quick elementwise ops; on a small, busy machine torch's
+    worker threads spend more time waiting for each other than working (measured on a
+    2-core VM shared with another job: 7 s on one thread, 90 s on two). With torch's
+    OpenMP backend the setting belongs to the calling thread, so a training loop running
+    in another thread keeps its threads.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _chunk_size(native_size: int) -> int:
     """Images per batch: about 1 M pixels (fits the CPU caches better than bigger batches)."""
     return max(8, (1 << 20) // (native_size * native_size))
@@ -664,12 +692,13 @@ def _render_split(split: str, site: str, count: int, image_size: int, seed: int,
         labels=labels.long(),
         sites=(site,) * count,
         ids=tuple(f"synthetic/{site}/{split}/{i:05d}" for i in range(count)),
-        original_sizes=torch.tensor([[native_size, native_size]] * count, dtype=torch.long).reshape(count, 2),
+        original_sizes=torch.full((count, 2), native_size, dtype=torch.long),  # (width, height)
         masks=masks,
     )
 
 
-def generate_synthetic(image_size: int = 128, seed: int = 0, num_classes: int = 2, **knobs: float) -> DataBundle:
+def generate_synthetic(image_size: int = 128, seed: int = 0, num_classes: int = 2,
+                       **knobs: float) -> DataBundle:
     """The two-site synthetic chest X-ray set: train/val from site A, test from site B.
 
     `knobs` override the defaults in KNOBS (ValueError for unknown names). Deterministic:
@@ -679,10 +708,11 @@ def generate_synthetic(image_size: int = 128, seed: int = 0, num_classes: int = 
         raise ValueError(f"num_classes must be 2 or 3, got {num_classes}")
     settings = resolve_knobs(**knobs)
     plan = (("train", "A", "n_train"), ("val", "A", "n_val"), ("test", "B", "n_test"))
-    splits = {
-        split: _render_split(split, site, int(settings[count]), image_size, seed, num_classes, settings)
-        for split, site, count in plan
-    }
+    with _one_thread():
+        splits = {
+            split: _render_split(split, site, int(settings[count]), image_size, seed, num_classes, settings)
+            for split, site, count in plan
+        }
     changed = {k: v for k, v in settings.items() if v != KNOBS[k].default}
     return DataBundle(
         source="synthetic",
@@ -695,24 +725,26 @@ def generate_synthetic(image_size: int = 128, seed: int = 0, num_classes: int = 
 
 
 def render_patient_at_sites(image_size: int = 128, seed: int = 0, patient: int = 0, label: int = 1,
-                            **knobs: float) -> dict[str, dict[str, torch.Tensor]]:
+                            num_classes: int = 2, **knobs: float) -> dict[str, dict[str, torch.Tensor]]:
     """One patient (same anatomy, same lesion) imaged at site A and at site B.
 
     Returns {"A": {"image": uint8 H×W, "lung": bool H×W, "lesion": ..., "marker": ...}, "B": {...}}
-    for the Data page's live preview. `label` follows the classes of the 2-class set
-    (0 NORMAL, 1 PNEUMONIA) or, with 2 meaning VIRAL, of the 3-class set.
+    for the Data page's live preview. `label` indexes CLASS_NAMES[num_classes]: with 2
+    classes 1 is PNEUMONIA (either pattern); with 3, 1 is BACTERIAL and 2 VIRAL.
     """
-    if label not in (0, 1, 2):
-        raise ValueError(f"label must be 0 (NORMAL), 1 (PNEUMONIA / BACTERIAL) or 2 (VIRAL), got {label}")
+    if num_classes not in CLASS_NAMES:
+        raise ValueError(f"num_classes must be 2 or 3, got {num_classes}")
+    if not 0 <= label < num_classes:
+        raise ValueError(f"label must index {CLASS_NAMES[num_classes]}, got {label}")
     settings = resolve_knobs(**knobs)
-    num_classes = 3 if label == 2 else 2
     labels = torch.tensor([label])
     patients = _sample_patients(labels, num_classes, _generator("synthetic-preview", seed, patient, label))
     views = {}
-    for site in SITES:
-        gen = _generator("synthetic-preview", seed, patient, label, site)
-        acquisition = _sample_acquisition(labels, site, settings, gen)
-        native_size = _native_size(site, settings, image_size)
-        images, masks = _render(patients, acquisition, native_size, image_size, gen)
-        views[site] = {"image": images[0, 0]} | {name: mask[0, 0] for name, mask in masks.items()}
+    with _one_thread():
+        for site in SITES:
+            gen = _generator("synthetic-preview", seed, patient, label, site)
+            acquisition = _sample_acquisition(labels, site, settings, gen)
+            native_size = _native_size(site, settings, image_size)
+            images, masks = _render(patients, acquisition, native_size, image_size, gen)
+            views[site] = {"image": images[0, 0]} | {name: mask[0, 0] for name, mask in masks.items()}
     return views
