@@ -14,6 +14,7 @@ from explore.config import RunConfig
 from explore.models import MODELS
 from explore.presets import PRESETS
 from explore.settings import NotAllowed, apply_limits, check_sweep_allowed
+from explore.share import decode_config, encode_config, export_run_bundle, import_run_bundle
 from explore.store import StoreError
 from pages.common import app_settings, current_data_spec, job_manager, run_store, status_badge
 
@@ -39,6 +40,8 @@ st.caption(f"Dataset: **{report.describe_data(spec)}** — choose another on the
 
 def preset_configs() -> list[RunConfig] | None:
     """The preset picker; returns the configs to queue when its Train button is pressed."""
+    if st.query_params.get("preset") in PRESETS and "preset" not in st.session_state:
+        st.session_state["preset"] = st.query_params["preset"]  # opened from a shared link
     name = st.selectbox("Preset", list(PRESETS), format_func=lambda n: PRESETS[n].title, key="preset")
     preset = PRESETS[name]
     st.info(preset.note.replace("\n", "  \n"))
@@ -55,6 +58,7 @@ def preset_configs() -> list[RunConfig] | None:
         st.error(f"This preset cannot run on the chosen dataset: {error}")
         return None
     st.dataframe(report.configs_table(configs), hide_index=True)
+    st.caption(f"🔗 Link to this preset: `?preset={name}` (add it to this page's address and share it)")
     label = "Train this preset" + (f" ({len(configs)} runs, one after another)" if len(configs) > 1 else "")
     return configs if st.button(label, type="primary", key="train_preset") else None
 
@@ -120,6 +124,19 @@ def custom_config() -> RunConfig | None:
         name=name or f"{model} · {OPTIMIZERS[optimizer]} lr {lr:g}")
 
 
+def shared_config() -> RunConfig | None:
+    """A configuration opened from a shared link (?config=...); returns it when Train is pressed."""
+    try:
+        config = decode_config(st.query_params["config"])
+    except ValueError as error:
+        st.error(f"{error}. Ask for a new link, or set the run up by hand in the other tabs.")
+        return None
+    st.info("This configuration came with the link you opened. Train it as it is, or change it in the "
+            "Custom run tab.")
+    st.dataframe(report.configs_table([config]), hide_index=True)
+    return config if st.button("Train this configuration", type="primary", key="train_shared") else None
+
+
 def submit(build) -> None:
     """Queue the runs the form built; their ids go into the URL so a refresh finds them.
     In demo mode runs are capped (epochs, image size) and the page says what was changed."""
@@ -141,11 +158,15 @@ def submit(build) -> None:
     st.session_state["train_runs"] = run_ids
 
 
-preset_tab, custom_tab = st.tabs(["📚 Homework presets", "🛠️ Custom run"])
-with preset_tab:
+tab_names = ["📚 Homework presets", "🛠️ Custom run"] + (["🔗 Shared link"] if "config" in st.query_params else [])
+tabs = st.tabs(tab_names)
+with tabs[0]:
     submit(preset_configs)
-with custom_tab:
+with tabs[1]:
     submit(custom_config)
+if len(tabs) == 3:
+    with tabs[2]:
+        submit(shared_config)
 
 
 def shown_run_ids() -> list[str]:
@@ -212,6 +233,25 @@ def final_results(record) -> None:
         matrix_cols[2].altair_chart(report.roc_chart(roc, aucs), width="stretch")
     except StoreError as error:
         matrix_cols[2].caption(f"No ROC curve: {error}")
+    share_run(record)
+
+
+def share_run(record) -> None:
+    """A link that opens this run's settings elsewhere, and a bundle that replays it without retraining."""
+    if record.config is None:
+        return
+    link_col, bundle_col = st.columns([3, 1], vertical_alignment="bottom")
+    link_col.text_input("Link to these settings (add to this page's address)",
+                        f"?config={encode_config(record.config)}", key=f"link-{record.run_id}")
+    try:
+        bundle = export_run_bundle(store, record.run_id)
+    except StoreError as error:
+        bundle_col.caption(f"No bundle: {error}")
+        return
+    bundle_col.download_button("Export run bundle", bundle, file_name=f"{record.run_id}.zip",
+                               mime="application/zip", key=f"bundle-{record.run_id}",
+                               help="Config, curves, summary, weights and predictions: open it on another "
+                                    "machine to replay the run without training.")
 
 
 run_ids = shown_run_ids()
@@ -253,7 +293,25 @@ def recent_runs() -> None:
     st.caption("Select a row to show that run above.")
 
 
+def open_bundle() -> None:
+    """Replay a run exported on another machine: curves, comparisons and saliency without retraining."""
+    with st.expander("📦 Open a run bundle from another machine"):
+        if settings.demo_mode:
+            st.caption("Demo mode: curves and metrics are imported, uploaded weights are never accepted.")
+        upload = st.file_uploader("Run bundle (.zip from 'Export run bundle')", type=["zip"], key="bundle_upload")
+        if upload is not None and st.button("Open this run", key="open_bundle"):
+            try:
+                run_id = import_run_bundle(upload.getvalue(), store, accept_weights=not settings.demo_mode)
+            except StoreError as error:
+                st.error(f"This bundle cannot be opened: {error}")
+                return
+            st.query_params["run"] = [run_id]
+            st.session_state["train_runs"] = [run_id]
+            st.rerun()
+
+
 st.divider()
+open_bundle()
 if manager.active()["running"] or manager.active()["queued"]:
     st.fragment(run_every=2.0)(recent_runs)()  # statuses change while something trains
 else:

@@ -251,3 +251,46 @@ def test_demo_mode_caps_runs_and_says_so(store, monkeypatch):
     config = RunStore(sessions[0]).load(run_id).config
     assert (config.epochs, config.data.image_size) == (15, 128)
     pages.common.job_manager().stop(run_id)
+
+
+def test_a_shared_link_opens_its_configuration(store):
+    from explore.config import RunConfig
+    from explore.share import encode_config
+
+    config = RunConfig(model="lab4_gap", lr=3e-4, epochs=1, data=DataSpec(image_size=64), name="from a link")
+    at = AppTest.from_file(TRAIN_PAGE, default_timeout=60)
+    at.query_params["config"] = encode_config(config)
+    run_page(at)
+    at.button(key="train_shared").click()
+    run_page(at)
+    [run_id] = shown_runs(at)
+    assert store.load(run_id).config.model == "lab4_gap" and store.load(run_id).config.lr == 3e-4
+
+
+def test_a_damaged_link_is_a_message_not_a_crash(store):
+    at = AppTest.from_file(TRAIN_PAGE, default_timeout=60)
+    at.query_params["config"] = "not-a-config"
+    run_page(at)
+    assert any("cannot be read" in e.value for e in at.error)
+
+
+def test_a_preset_link_preselects_the_preset(store):
+    at = AppTest.from_file(TRAIN_PAGE, default_timeout=60)
+    at.query_params["preset"] = "hw3_gap"
+    run_page(at)
+    assert at.selectbox(key="preset").value == "hw3_gap"
+
+
+def test_a_finished_run_offers_its_link_and_bundle(store):
+    at = new_page()
+    at.number_input(key="epochs").set_value(1)
+    at.button(key="train_custom").click()
+    run_page(at)
+    assert pages.common.job_manager().wait_idle(120)
+    run_page(at)
+    [run_id] = shown_runs(at)
+    link = at.text_input(key=f"link-{run_id}").value
+    assert link.startswith("?config=")
+    from explore.share import decode_config
+
+    assert decode_config(link.removeprefix("?config=")) == store.load(run_id).config
