@@ -5,7 +5,8 @@
     python -m explore bench --json     # one JSON object on stdout (progress goes to stderr)
 
 Sections (each can be picked with --only):
-  training   one epoch of the app's loop vs the course's ImageFolder + DataLoader loop,
+  training   one epoch of the app's loop vs the course's ImageFolder + DataLoader loop (the latter in
+             a fresh process, as in a student's notebook),
              same data, model, batch size and epochs; accuracies side by side
   precision  the app's loop in fp32 vs bf16 autocast (what precision="auto" should pick)
   frozen     frozen transfer: cached backbone features vs recomputing the backbone every epoch
@@ -73,7 +74,7 @@ class Settings:
              repeats: int | None = None) -> "Settings":
         if quick:
             return cls(quick, device, course_workers, image_sizes=(64,), models=("hw3_cnn", "hw2_mlp"),
-                       epochs=epochs or 2, knobs=(("n_train", 256), ("n_val", 64), ("n_test", 64)),
+                       epochs=epochs or 3, knobs=(("n_train", 256), ("n_val", 64), ("n_test", 64)),
                        repeats=repeats or 1, png_folder_images=200, attribution_size=64, attribution_images=4)
         return cls(quick, device, course_workers, image_sizes=(128, 256), models=("hw3_cnn", "hw2_mlp"),
                    epochs=epochs or 3, knobs=(), repeats=repeats or 3, png_folder_images=2000,
@@ -207,33 +208,69 @@ def train_like_the_course(model: nn.Module, train_loader, val_loader, epochs: in
                "train_acc": correct / total, "val_acc": val_correct / val_total}
 
 
+def epoch_wall_seconds(records) -> tuple[list[float], list[dict]]:
+    """Wall-clock seconds between consecutive epoch records of `fit()`, so an epoch includes its
+    evaluation (the records' own "seconds" cover the training batches only)."""
+    seconds, epochs, started = [], [], time.perf_counter()
+    for record in records:
+        if record["kind"] == "epoch":
+            now = time.perf_counter()
+            seconds.append(now - started)
+            epochs.append(record)
+            started = now
+    return seconds, epochs
+
+
 def fast_training(model_name: str, bundle: DataBundle, spec: DataSpec, epochs: int, device: str) -> dict:
-    """The app's own loop (`make_run(...).fit()`), with the same model, data, batch size and optimiser."""
+    """The app's own loop (`make_run(...).fit()`), with the same model, data, batch size, optimiser and
+    input scaling as the course (input_norm "none": pixels 0..1 like ToTensor), so accuracies compare."""
     from explore.train import make_run
 
     config = RunConfig(data=spec, model=model_name, loss="bce", optimizer="adam", lr=1e-3, batch_size=32,
-                       epochs=epochs, eval_test=False, device=device)
-    seconds, run = timed(lambda: make_run(config, bundle=bundle))
-    records = [r for r in run.fit() if r["kind"] == "epoch"]
-    return {"seconds_per_epoch": spread([r["seconds"] for r in records]), "setup_seconds": seconds,
+                       epochs=epochs, eval_test=False, input_norm="none", device=device)
+    setup, run = timed(lambda: make_run(config, bundle=bundle))
+    seconds, records = epoch_wall_seconds(run.fit())
+    return {"seconds_per_epoch": spread(seconds), "setup_seconds": setup,
             "val_acc": records[-1]["val_acc"], "train_acc": records[-1]["train_acc"],
             "placement": run.placement.describe(), "epochs": len(records)}
 
 
+COURSE_SCRIPT = """
+import json, sys
+from explore.bench import course_training_here
+print(json.dumps(course_training_here(**json.loads(sys.argv[1]))))
+"""
+
+
 def course_training(model_name: str, bundle: DataBundle, epochs: int, device: str, workers: int) -> dict:
+    """The course's loop in a fresh Python process, as in a student's notebook: none of the
+    process-wide settings the app makes for itself (threads, memory reuse) apply to it."""
+    with tempfile.TemporaryDirectory(prefix="explore-bench-") as tmp:
+        write_png_folder(bundle, Path(tmp))
+        args = dict(folder=tmp, model_name=model_name, image_size=bundle.image_size, epochs=epochs, device=device,
+                    workers=workers)
+        env = {k: v for k, v in os.environ.items() if k != "EXPLORE_THREADS"}
+        out = subprocess.run([sys.executable, "-c", COURSE_SCRIPT, json.dumps(args)], cwd=ROOT, env=env,
+                             capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError("the course loop failed: " + (out.stderr.strip().splitlines() or ["?"])[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def course_training_here(folder: str, model_name: str, image_size: int, epochs: int, device: str,
+                         workers: int) -> dict:
     from explore.device import pick_device
     from explore.models import build_model
 
     device_ = pick_device(device)
-    with tempfile.TemporaryDirectory(prefix="explore-bench-") as tmp:
-        write_png_folder(bundle, Path(tmp))
-        torch.manual_seed(0)
-        model = build_model(model_name, bundle.image_size, 1)
-        setup, (train_loader, val_loader) = timed(lambda: course_loaders(Path(tmp), bundle.image_size, workers))
-        records = list(train_like_the_course(model, train_loader, val_loader, epochs, device_))
+    torch.manual_seed(0)
+    model = build_model(model_name, image_size, 1)
+    setup, (train_loader, val_loader) = timed(lambda: course_loaders(Path(folder), image_size, workers))
+    records = list(train_like_the_course(model, train_loader, val_loader, epochs, device_))
     return {"seconds_per_epoch": spread([r["seconds"] for r in records]), "setup_seconds": setup,
             "val_acc": records[-1]["val_acc"], "train_acc": records[-1]["train_acc"],
-            "placement": f"{device_.type}, fp32, NCHW, DataLoader num_workers={workers}", "epochs": len(records)}
+            "placement": f"{device_.type}, fp32, NCHW, DataLoader num_workers={workers}, "
+                         f"{torch.get_num_threads()} threads, fresh process", "epochs": len(records)}
 
 
 def bench_training(settings: Settings) -> dict:
@@ -254,10 +291,13 @@ def bench_training(settings: Settings) -> dict:
                 "goal_met": None if speedup is None or goal is None else speedup >= goal,
                 "val_acc_difference": fast["val_acc"] - course["val_acc"],
             })
+            log(f"    course {course['seconds_per_epoch']['median']:.3f} s/epoch, fast "
+                f"{fast['seconds_per_epoch']['median']:.3f} s/epoch → {times(speedup)}")
     return {"rows": rows, "course_loop": f"torchvision ImageFolder over PNG files, DataLoader(batch 32, shuffle, "
                                          f"num_workers={settings.course_workers}), Grayscale+Resize+ToTensor, "
                                          f"fp32 NCHW, .item() every step, Adam 1e-3, BCEWithLogits",
-            "epoch_includes": "training on train plus evaluating val (both loops)",
+            "epoch_includes": "training on train plus evaluating val (both loops; wall clock)",
+            "fast_input_norm": "none (pixels 0..1, as the course's ToTensor)",
             "course_t4_cnn_seconds_per_epoch": COURSE_T4_CNN_SECONDS_PER_EPOCH}
 
 
@@ -282,8 +322,8 @@ def bench_precision(settings: Settings) -> dict:
                 config = RunConfig(data=spec, model=model_name, epochs=2, eval_test=False, device=settings.device,
                                    precision=precision)
                 run = make_run(config, bundle=bundle)
-                records = [r for r in run.fit() if r["kind"] == "epoch"]
-                seconds[precision].append(records[-1]["seconds"])
+                epoch_seconds, records = epoch_wall_seconds(run.fit())
+                seconds[precision].append(epoch_seconds[-1])
                 accuracy[precision] = records[-1]["val_acc"]
         fp32, bf16 = spread(seconds["fp32"]), spread(seconds["bf16"])
         rows.append({"model": model_name, "image_size": size, "fp32_seconds_per_epoch": fp32,
@@ -298,7 +338,8 @@ def bench_frozen(settings: Settings) -> dict:
         from explore.transfer import benchmark_frozen_cache
     except ImportError:
         return {"available": False, "note": "not available: explore.transfer.benchmark_frozen_cache is missing"}
-    size = 64 if settings.quick else 128
+    # 224 px: the input size of the course's transfer-learning homework (ImageNet backbones).
+    size = 64 if settings.quick else 224
     counts = dict(n_train=64, n_val=16, n_test=16) if settings.quick else dict(n_train=300, n_val=50, n_test=50)
     result = benchmark_frozen_cache(image_size=size, epochs=max(2, settings.epochs), device=settings.device, **counts)
     speedup = result.get("speedup")
@@ -339,11 +380,18 @@ def bench_live(settings: Settings) -> dict:
             pass
         return run.summary(run.predictions())
 
-    bare_run()  # warm-up: first-call costs (kernel selection, allocator) would land on one side only
+    def bare_run_in_a_thread():
+        # The job's worker is a thread; the bare run gets one too, so only the job system differs
+        # (a thread's memory arena behaves differently from the main thread's).
+        worker = threading.Thread(target=bare_run)
+        worker.start()
+        worker.join()
+
+    bare_run_in_a_thread()  # warm-up: first-call costs (kernel selection, allocator) would land on one side only
     with tempfile.TemporaryDirectory(prefix="explore-bench-runs-") as tmp:
         store = RunStore(tmp)
         for _ in range(settings.repeats):
-            bare.append(timed(bare_run)[0])
+            bare.append(timed(bare_run_in_a_thread)[0])
             stop = threading.Event()
             started = time.perf_counter()
             [run_id] = manager.submit(store, [config])
@@ -440,19 +488,51 @@ def memory_session(quick: bool) -> dict:
     if quick:  # the smoke test: tiny data, one epoch
         config = config.replace(data=DataSpec(image_size=64, synthetic=(("n_train", 128), ("n_val", 32),
                                                                         ("n_test", 32))), epochs=1)
+    peak_after = {"start": memory_mb()["peak_rss_mb"]}
     bundle = load_bundle(config.data)
+    peak_after["data"] = memory_mb()["peak_rss_mb"]
     with tempfile.TemporaryDirectory(prefix="explore-bench-mem-") as tmp:
         store = RunStore(tmp)
         run_id = store.create(config)
         for _ in execute_run(store, run_id):
             pass
+        peak_after["training"] = memory_mb()["peak_rss_mb"]
         loaded = load_run(store, run_id, bundle)
         attribute(loaded.explainer(), bundle.val.images[:16], "saliency")
+        peak_after["saliency"] = memory_mb()["peak_rss_mb"]
+    return memory_mb() | {"peak_rss_mb_after": peak_after, "image_size": config.data.image_size,
+                          "epochs": config.epochs, "train_images": len(bundle.train), "preset": "hw3_baseline (quick)"}
+
+
+def memory_mb() -> dict:
+    """Peak (VmHWM) and current (VmRSS) resident memory of this process, from /proc (Linux)."""
     status = Path("/proc/self/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     kib = lambda name: int(fields[name].split()[0])  # noqa: E731  "VmHWM:   123456 kB"
-    return {"peak_rss_mb": kib("VmHWM") / 1024, "rss_mb": kib("VmRSS") / 1024, "image_size": config.data.image_size,
-            "epochs": config.epochs, "train_images": len(bundle.train), "preset": "hw3_baseline (quick)"}
+    return {"peak_rss_mb": kib("VmHWM") / 1024, "rss_mb": kib("VmRSS") / 1024}
+
+
+FIRST_RUN_SCRIPT = """
+import time
+started = time.perf_counter()
+from streamlit.testing.v1 import AppTest
+app = AppTest.from_file("streamlit_app.py", default_timeout=300)
+app.run()
+print(time.perf_counter() - started, len(app.exception))
+"""
+
+
+def first_script_run_seconds(runs_dir: str) -> float:
+    """A fresh process runs the app script once (what the first browser visit waits for:
+    importing torch and the library, and the first page's work), via Streamlit's AppTest."""
+    out = subprocess.run([sys.executable, "-c", FIRST_RUN_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                         env=os.environ | {"EXPLORE_RUNS_DIR": runs_dir}, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "the app script failed")
+    seconds, exceptions = out.stdout.split()[-2:]
+    if int(exceptions):
+        raise RuntimeError(f"the first page raised {exceptions} exception(s)")
+    return float(seconds)
 
 
 def bench_startup(settings: Settings) -> dict:
@@ -462,6 +542,11 @@ def bench_startup(settings: Settings) -> dict:
             result["streamlit_seconds"] = spread([streamlit_startup_seconds(runs_dir) for _ in range(settings.repeats)])
         except (RuntimeError, OSError) as error:
             result["streamlit_error"] = str(error)
+        try:
+            result["first_script_run_seconds"] = spread([first_script_run_seconds(runs_dir)
+                                                         for _ in range(settings.repeats)])
+        except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+            result["first_script_run_error"] = str(error)
     script = f"import json, explore.bench as b; print(json.dumps(b.memory_session(quick={settings.quick})))"
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                          env=os.environ | {"EXPLORE_RUNS_DIR": tempfile.gettempdir()})
@@ -609,10 +694,15 @@ def _format_attribution(r: dict) -> list[str]:
 def _format_startup(r: dict) -> list[str]:
     lines = [f"  streamlit run → first page: {fmt(r['streamlit_seconds'], 's', 2)}" if "streamlit_seconds" in r
              else f"  streamlit failed: {r.get('streamlit_error')}"]
+    if "first_script_run_seconds" in r:
+        lines.append(f"  fresh process runs the app script once (AppTest): {fmt(r['first_script_run_seconds'], 's', 2)}")
+    else:
+        lines.append(f"  first script run failed: {r.get('first_script_run_error')}")
     if "memory" in r:
         mem = r["memory"]
+        stages = ", ".join(f"{k} {v:.0f}" for k, v in mem.get("peak_rss_mb_after", {}).items())
         lines.append(f"  peak RSS of a session ({mem['preset']}, {mem['image_size']} px, {mem['epochs']} epochs, "
-                     f"saliency): {mem['peak_rss_mb']:.0f} MB")
+                     f"saliency): {mem['peak_rss_mb']:.0f} MB (peak after each step, MB: {stages})")
     else:
         lines.append(f"  memory session failed: {r.get('memory_error')}")
     return lines
@@ -644,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
     p.add_argument("--course-workers", type=int, default=0,
                    help="DataLoader num_workers of the course's loop (0: the tutorial default)")
-    p.add_argument("--epochs", type=int, help="epochs per training comparison (default 3, quick 2)")
+    p.add_argument("--epochs", type=int, help="epochs per training comparison (default 3)")
     p.add_argument("--repeats", type=int, help="repeats per figure (default 3, quick 1)")
     return p
 

@@ -7,8 +7,10 @@ bf16 autocast pays off on CUDA and on CPUs with native bf16 matrix instructions
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -75,3 +77,29 @@ def set_cpu_threads() -> int:
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return count
+
+
+# glibc's mallopt() parameter numbers (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+@functools.lru_cache(maxsize=1)
+def reuse_freed_memory() -> bool:
+    """Keep freed tensor memory in the process for the next batch instead of handing it back (Linux/glibc).
+
+    glibc gives every block of 32 MiB or more its own fresh mmap and unmaps it when freed, so each
+    training step page-faults its largest activations in again (hw3_cnn's first conv output is
+    32×32×128×128 bf16 = exactly 32 MiB per batch). Measured on a 2-core AMD EPYC: hw3_cnn at
+    128 px went from 5.0 to 2.0 s per epoch (BENCHMARKS.md). The cost: the process keeps its peak
+    memory rather than returning it to the OS. Set EXPLORE_REUSE_MEMORY=0 to leave malloc alone.
+    Returns True when the setting was applied (once per process).
+    """
+    if os.environ.get("EXPLORE_REUSE_MEMORY") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        # No mmap for big blocks (they come from the heap and are reused), and only give memory back
+        # to the OS when more than 1 GiB sits free at the top of the heap.
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        return False

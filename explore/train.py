@@ -26,11 +26,15 @@ from torch import nn
 from explore import augment as augmentations
 from explore.config import RunConfig
 from explore.data import DataBundle, load_bundle
-from explore.device import Placement, set_cpu_threads
+from explore.device import Placement, reuse_freed_memory, set_cpu_threads
 from explore.metrics import binary_report
 from explore.models import MODELS, build_model, count_parameters
 
 EVAL_BATCH_SIZE = 256
+# On a CPU evaluation is no faster above 64 images per batch (measured, BENCHMARKS.md), while one
+# batch of 256 images at 256 px needs over 1 GiB per conv activation: smaller batches keep the
+# memory peak down (hw3_cnn quick preset: 1.8 → 1.3 GB peak RSS).
+CPU_EVAL_BATCH_SIZE = 64
 # A mean loss above this is divergence even while still finite: a sane classifier's BCE/CE
 # loss is around 0.7 at chance, so 10^4 means the logits have blown up.
 DIVERGED_LOSS = 1e4
@@ -57,15 +61,17 @@ class InputPipeline:
         return augmentations.equalize_histogram(images) if self.norm == "histeq" else images
 
     def __call__(self, images: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        # In place on the fresh float copy: the same numbers as (x - mean) / std without allocating two
+        # more batch-sized tensors (on a CPU each new allocation costs page faults; BENCHMARKS.md).
         x = images.float().div_(255.0)
         if train and self.augment:
             x = augmentations.apply(x, self.augment, generator)
         if self.norm == "dataset":
-            return (x - self.mean) / self.std
+            return x.sub_(self.mean).div_(self.std)
         if self.norm in ("per_image", "histeq"):
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
-            return (x - mean) / std
+            return x.sub_(mean).div_(std)
         return x  # "none": 0..1, like the course's ToTensor()
 
     def to_dict(self) -> dict:
@@ -150,6 +156,7 @@ class TrainingRun:
         self.placement = placement or Placement.choose(config.device, config.precision)
         if self.placement.device.type == "cpu":
             set_cpu_threads()
+            reuse_freed_memory()
         torch.manual_seed(config.seed)
         self.status, self.message = "created", ""
         self.history: list[dict] = []
@@ -233,9 +240,10 @@ class TrainingRun:
         loss_sum = torch.zeros((), device=images.device)
         correct = torch.zeros((), device=images.device, dtype=torch.long)
         probs = []
-        for start in range(0, len(images), EVAL_BATCH_SIZE):
-            logits = self.forward(images[start:start + EVAL_BATCH_SIZE], train=False)
-            y = labels[start:start + EVAL_BATCH_SIZE]
+        step = EVAL_BATCH_SIZE if images.device.type == "cuda" else CPU_EVAL_BATCH_SIZE
+        for start in range(0, len(images), step):
+            logits = self.forward(images[start:start + step], train=False)
+            y = labels[start:start + step]
             loss_sum += self.loss_fn(logits, y)
             correct += count_correct(logits, y)
             probs.append(probabilities(logits))
@@ -294,7 +302,8 @@ class TrainingRun:
                     yield {"kind": "end", "status": self.status, "message": self.message}
                     return
                 index = order[batch * config.batch_size:(batch + 1) * config.batch_size]
-                x, y = images[index], labels[index]
+                # index_select copies whole rows; images[index] takes the generic indexing path (~20× slower on a CPU)
+                x, y = images.index_select(0, index), labels.index_select(0, index)
                 logits = self.forward(x, train=True, generator=aug_generator)
                 loss = self.loss_fn(logits, y)
                 # One check per batch (free on the CPU, one sync on a GPU): a NaN step would ruin the weights.

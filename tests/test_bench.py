@@ -95,13 +95,19 @@ def test_quick_bench_runs_end_to_end_as_json():
     for row in training:
         for side in ("course", "fast"):
             s = row[side]["seconds_per_epoch"]
-            assert s["n"] == 2 and 0 < s["min"] <= s["median"] <= s["max"]
+            assert s["n"] == 3 and 0 < s["min"] <= s["median"] <= s["max"]
             assert 0 <= row[side]["val_acc"] <= 1
         assert row["speedup"] > 0
     live = report["sections"]["live"]
     assert live["overhead"] > 0 and live["job_seconds"]["n"] == 1
     startup = report["sections"]["startup"]
-    assert startup["streamlit_seconds"]["median"] > 0 and startup["memory"]["peak_rss_mb"] > 100
+    assert startup["streamlit_seconds"]["median"] > 0 and startup["first_script_run_seconds"]["median"] > 0
+    memory = startup["memory"]
+    assert list(memory["peak_rss_mb_after"]) == ["start", "data", "training", "saliency"]
+    assert memory["peak_rss_mb"] >= memory["peak_rss_mb_after"]["training"] >= memory["peak_rss_mb_after"]["start"] > 50
+    precision = report["sections"]["precision"]["rows"]
+    assert {r["model"] for r in precision} == {"hw3_cnn", "hw2_mlp"}
+    assert all(r["fp32_seconds_per_epoch"]["n"] == 1 and r["auto_picks"] in ("float32", "bfloat16") for r in precision)
     data = report["sections"]["data"]
     assert data["synthetic"]["images"] == 384 and data["synthetic"]["seconds"]["median"] > 0
     if data["folder"]["available"]:
