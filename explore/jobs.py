@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import torch
 
 from explore.config import RunConfig
+from explore.device import reuse_freed_memory
 from explore.store import RunStore, StoreError
 
 STATUS_WRITE_INTERVAL_S = 0.5  # live progress is written at most this often (keeps polling cheap)
@@ -95,6 +96,9 @@ class JobManager:
             env = os.environ.get("EXPLORE_MAX_JOBS")
             max_concurrent = int(env) if env else max(1, torch.cuda.device_count())
         self.max_concurrent = max_concurrent
+        # Before the workers start: a thread keeps the malloc arena of its first allocation, and only
+        # threads started after this share the tuned heap (see reuse_freed_memory).
+        reuse_freed_memory()
         self._lock = threading.Lock()
         self._queue: deque[Job] = deque()
         self._running: dict[str, Job] = {}

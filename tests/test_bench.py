@@ -99,7 +99,7 @@ def test_quick_bench_runs_end_to_end_as_json():
             assert 0 <= row[side]["val_acc"] <= 1
         assert row["speedup"] > 0
     live = report["sections"]["live"]
-    assert live["overhead"] > 0 and live["job_seconds"]["n"] == 1
+    assert live["overhead"] > 0 and live["thread_cost"] > 0 and live["job_seconds"]["n"] == 1
     startup = report["sections"]["startup"]
     assert startup["streamlit_seconds"]["median"] > 0 and startup["first_script_run_seconds"]["median"] > 0
     memory = startup["memory"]
