@@ -74,6 +74,11 @@ def demo_banner() -> None:
         st.info("**Public demo mode** — " + " · ".join(settings.limits_text()), icon="🔒")
 
 
+# Folders the Data page has decoded on this server (with its progress bar), so a rerun does not
+# decode again; the images themselves live in the on-disk decode cache and in cached_bundle.
+DECODED_FOLDERS: set[tuple] = set()
+
+
 @st.cache_resource(show_spinner="Preparing the dataset (decoded once, shared by every page)…")
 def cached_bundle(spec: DataSpec):
     return load_bundle(spec)

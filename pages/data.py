@@ -15,7 +15,7 @@ from explore.data.folder import default_cache_dir, load_folder
 from explore.data.synthetic import KNOBS, SHIFT_KNOBS, no_shift_knobs, render_patient_at_sites
 from explore.data.upload import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, save_upload
 from explore.settings import NotAllowed, check_source_allowed, check_upload_allowed
-from pages.common import app_settings, cached_bundle, current_data_spec, default_data_spec
+from pages.common import DECODED_FOLDERS, app_settings, cached_bundle, current_data_spec, default_data_spec
 
 SOURCES = {"synthetic": "🧪 Synthetic (two hospitals)", "folder": "📁 Image folder",
            "medmnist": "🗜️ MedMNIST npz", "upload": "⬆️ Upload"}
@@ -80,27 +80,28 @@ def upload_picker(key: str) -> str | None:
     return f"folder:{saved}" if saved else None
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def decode_folder_once(path: str, image_size: int, seed: int, all_as_test: bool, _progress=None) -> bool:
-    """Decode a folder with a progress bar; this fills the on-disk cache that cached_bundle then reads."""
-    load_folder(path, image_size=image_size, seed=seed, all_as_test=all_as_test, progress=_progress)
-    return True
-
-
 def decode_with_progress(spec: DataSpec) -> None:
+    """Decode a chosen folder with a progress bar, once per server: this fills the on-disk cache
+    that cached_bundle then reads. (Not an st.cache_resource: a cached function may not update a
+    progress bar created outside it, and Streamlit refuses that when the decode fails.)"""
     for source, as_test in ((spec.source, False), (spec.test_source, True)):
-        if source and source.startswith("folder:"):
-            bar = st.progress(0.0, text=f"Decoding {source[7:]} …")
+        if not (source and source.startswith("folder:")):
+            continue
+        key = (parse_source(source)[1], spec.image_size, spec.seed, as_test)
+        if key in DECODED_FOLDERS:
+            continue
+        bar = st.progress(0.0, text=f"Decoding {source[7:]} …")
 
-            def show(done: int, total: int) -> None:
-                if done == total or done % max(1, total // 100) == 0:
-                    bar.progress(done / max(total, 1), text=f"Decoding images: {done} of {total} "
-                                                            "(cached on disk after the first time)")
+        def show(done: int, total: int) -> None:
+            if done == total or done % max(1, total // 100) == 0:
+                bar.progress(done / max(total, 1), text=f"Decoding images: {done} of {total} "
+                                                        "(cached on disk after the first time)")
 
-            try:
-                decode_folder_once(parse_source(source)[1], spec.image_size, spec.seed, as_test, show)
-            finally:
-                bar.empty()
+        try:
+            load_folder(key[0], image_size=key[1], seed=key[2], all_as_test=key[3], progress=show)
+        finally:
+            bar.empty()
+        DECODED_FOLDERS.add(key)
 
 
 # ----- 1. the source ---------------------------------------------------------------------------

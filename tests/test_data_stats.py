@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -95,8 +96,8 @@ def test_sample_grid():
 
 def test_skipped_table(known_bundle):
     table = stats.skipped_table(known_bundle)
-    assert list(table.columns) == ["path", "reason"] and table.iloc[0].path == "/x/bad.png"
-    assert list(stats.skipped_table(make_bundle()).columns) == ["path", "reason"]
+    assert list(table.columns) == ["file", "reason"] and table.iloc[0].file == "/x/bad.png"  # not a folder source
+    assert list(stats.skipped_table(make_bundle()).columns) == ["file", "reason"]
 
 
 def test_stats_on_a_real_folder_bundle(tmp_path):
@@ -114,3 +115,7 @@ def test_stats_on_a_real_folder_bundle(tmp_path):
     assert sorted(stats.original_size_table(bundle).width.unique()) == [30, 31, 32, 33, 34]
     assert all(m.shape == (64, 64) for m in stats.mean_images(bundle).values())
     assert stats.skipped_table(bundle).empty
+    (tmp_path / "d" / "NORMAL" / "notes.png").write_text("not an image")
+    bundle = load_folder(str(tmp_path / "d"), image_size=64, cache_dir=str(tmp_path / "cache"))
+    table = stats.skipped_table(bundle)  # shown from the dataset's folder, not as a long server path
+    assert table.file.tolist() == [os.path.join("NORMAL", "notes.png")] and "image" in table.reason[0]

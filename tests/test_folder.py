@@ -345,8 +345,10 @@ def test_class_folder_with_only_bad_files_is_an_error(tmp_path):
     root = make_flat(tmp_path / "data", {"NORMAL": 3})
     (tmp_path / "data" / "PNEUMONIA").mkdir()
     (tmp_path / "data" / "PNEUMONIA" / "a.png").write_text("text")
-    with pytest.raises(DataError, match="PNEUMONIA.*no usable images"):
+    (tmp_path / "data" / "PNEUMONIA" / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    with pytest.raises(DataError, match="PNEUMONIA.*no usable images: all 2 of its files are unreadable") as error:
         load_folder(root, image_size=SIZE, cache_dir=str(tmp_path / "cache"))
+    assert "a.png: " in str(error.value) and "b.jpg: " in str(error.value)  # the page stops: name them here
 
 
 def test_single_class_no_images_and_missing_folder_are_errors(tmp_path):
@@ -590,11 +592,14 @@ def test_loose_image_uploads_build_a_two_class_folder(tmp_path):
     dest = str(tmp_path / "uploads")
     folder = save_upload_images([("a.png", png_bytes(50)), ("../../sneaky.png", png_bytes(50)),
                                  ("a.png", png_bytes(50))], "NORMAL", dest, max_bytes=1_000_000, max_files=10)
-    save_upload([("b.png", png_bytes(200)), ("c.png", png_bytes(200))], dest, max_bytes=1_000_000,
-                max_files=10, class_name="PNEUMONIA", into=folder)
-    assert sorted(os.listdir(os.path.join(folder, "NORMAL"))) == ["a-1.png", "a.png", "sneaky.png"]
+    both = save_upload([("b.png", png_bytes(200)), ("c.png", png_bytes(200))], dest, max_bytes=1_000_000,
+                       max_files=10, class_name="PNEUMONIA", into=folder)
+    # Adding makes a new folder (a copy plus the new files): a dataset cached under the first
+    # folder's path never goes stale, because that folder never changes.
+    assert both != folder and os.listdir(folder) == ["NORMAL"]
+    assert sorted(os.listdir(os.path.join(both, "NORMAL"))) == ["a-1.png", "a.png", "sneaky.png"]
     assert not (tmp_path / "sneaky.png").exists()
-    bundle = load_folder(folder, image_size=SIZE, all_as_test=True, cache_dir=str(tmp_path / "cache"))
+    bundle = load_folder(both, image_size=SIZE, all_as_test=True, cache_dir=str(tmp_path / "cache"))
     assert bundle.counts()["test"] == {"NORMAL": 3, "PNEUMONIA": 2}
 
     with pytest.raises(UploadError, match="class"):

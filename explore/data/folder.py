@@ -105,7 +105,7 @@ def load_folder(
                                    progress=progress, cache_dir=cache_dir, workers=workers)
     skipped += failed
     usable = [image for image in found if image.path in decoded]
-    _check_no_empty_folder(class_folders, usable, skipped_count=len(failed))
+    _check_no_empty_folder(class_folders, usable, failed)
 
     assignment = assign_splits(usable, classes, seed, val_fraction, test_fraction, all_as_test)
     if not all_as_test:
@@ -212,11 +212,15 @@ def _check_root(path: str) -> str:
 
 
 def _check_no_empty_folder(class_folders: list[tuple[str, str | None]], images: list[FoundImage],
-                           skipped_count: int = 0) -> None:
+                           failed: list[SkippedFile] = ()) -> None:
     has_images = {image.class_folder for image in images}
     for folder, _split in class_folders:
         if folder not in has_images:
-            why = f" ({skipped_count} unreadable files were skipped, see the skipped list)" if skipped_count else ""
+            # The page stops on this error, so name the unreadable files here rather than in a list below.
+            here = [f for f in failed if os.path.dirname(f.path) == folder]
+            examples = "; ".join(f"{os.path.basename(f.path)}: {f.reason}" for f in here[:3])
+            why = f": all {len(here)} of its files are unreadable ({examples}{'; …' if len(here) > 3 else ''})" \
+                if here else ""
             raise DataError(f"class folder {folder} has no usable images{why}")
 
 

@@ -6,6 +6,8 @@ of the whole dataset.
 """
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import torch
 
@@ -106,5 +108,19 @@ def sample_grid(bundle: DataBundle, split: str, per_class: int = 8, seed: int = 
 
 
 def skipped_table(bundle: DataBundle) -> pd.DataFrame:
-    """The files that were not used, and why."""
-    return pd.DataFrame([(s.path, s.reason) for s in bundle.skipped], columns=["path", "reason"])
+    """The files that were not used, and why; paths inside the dataset's folder are shown from it
+    (NORMAL/notes.png rather than a long server path)."""
+    paths = [s.path for s in bundle.skipped]
+    if len(paths) > 0:
+        try:
+            common = os.path.commonpath([os.path.dirname(p) for p in paths] + [_folder_of(bundle.source)])
+        except ValueError:  # mixed absolute/relative paths, or another drive
+            common = ""
+        if common and common != os.sep:
+            paths = [os.path.relpath(p, common) for p in paths]
+    return pd.DataFrame({"file": paths, "reason": [s.reason for s in bundle.skipped]}, columns=["file", "reason"])
+
+
+def _folder_of(source: str) -> str:
+    """The folder of a 'folder:PATH' source (else the filesystem root: no common prefix)."""
+    return os.path.abspath(source.split(":", 1)[1]) if source.startswith("folder:") else os.sep

@@ -155,13 +155,15 @@ def _safe_name(name: str, what: str) -> str:
 
 @contextlib.contextmanager
 def _target_folder(dest_root: str, into: str | None):
-    """A fresh folder under dest_root (or the existing `into`); a fresh one is removed on error."""
-    if into is not None:
-        yield _check_inside(into, dest_root)
-        return
+    """A fresh folder under dest_root, removed on error. With `into`, the fresh folder starts as a
+    copy of that earlier upload: an upload never changes once used, so a dataset cached under its
+    path can never go stale, and adding files gives a new path (a new dataset)."""
+    previous = _check_inside(into, dest_root) if into is not None else None
     os.makedirs(dest_root, exist_ok=True)
     folder = tempfile.mkdtemp(prefix="upload-", dir=dest_root)
     try:
+        if previous is not None:
+            shutil.copytree(previous, folder, dirs_exist_ok=True)
         yield folder
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
