@@ -44,7 +44,9 @@ from explore.config import RunConfig
 from explore.data import DataBundle, DataSpec, load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("training", "precision", "frozen", "live", "attribution", "startup", "data")
+SECTIONS = ("training", "parity", "precision", "frozen", "live", "attribution", "startup", "data")
+# Run only when asked for (--only soak): it drives Chromium through 20 browser sessions.
+EXTRA_SECTIONS = ("soak",)
 
 # The course's reference timings (a Colab T4, 30 epochs at 256 px, from the homework reports).
 COURSE_T4_CNN_SECONDS_PER_EPOCH = 70 / 30
@@ -223,13 +225,14 @@ def epoch_wall_seconds(records) -> tuple[list[float], list[dict]]:
     return seconds, epochs
 
 
-def fast_training(model_name: str, bundle: DataBundle, spec: DataSpec, epochs: int, device: str) -> dict:
+def fast_training(model_name: str, bundle: DataBundle, spec: DataSpec, epochs: int, device: str,
+                  seed: int = 0) -> dict:
     """The app's own loop (`make_run(...).fit()`), with the same model, data, batch size, optimiser and
     input scaling as the course (input_norm "none": pixels 0..1 like ToTensor), so accuracies compare."""
     from explore.train import make_run
 
     config = RunConfig(data=spec, model=model_name, loss="bce", optimizer="adam", lr=1e-3, batch_size=32,
-                       epochs=epochs, eval_test=False, input_norm="none", device=device)
+                       epochs=epochs, eval_test=False, input_norm="none", device=device, seed=seed)
     setup, run = timed(lambda: make_run(config, bundle=bundle))
     seconds, records = epoch_wall_seconds(run.fit())
     return {"seconds_per_epoch": spread(seconds), "setup_seconds": setup,
@@ -244,13 +247,14 @@ print(json.dumps(course_training_here(**json.loads(sys.argv[1]))))
 """
 
 
-def course_training(model_name: str, bundle: DataBundle, epochs: int, device: str, workers: int) -> dict:
+def course_training(model_name: str, bundle: DataBundle, epochs: int, device: str, workers: int,
+                    seed: int = 0) -> dict:
     """The course's loop in a fresh Python process, as in a student's notebook: none of the
     process-wide settings the app makes for itself (threads, memory reuse) apply to it."""
     with tempfile.TemporaryDirectory(prefix="explore-bench-") as tmp:
         write_png_folder(bundle, Path(tmp))
         args = dict(folder=tmp, model_name=model_name, image_size=bundle.image_size, epochs=epochs, device=device,
-                    workers=workers)
+                    workers=workers, seed=seed)
         env = {k: v for k, v in os.environ.items() if k != "EXPLORE_THREADS"}
         out = subprocess.run([sys.executable, "-c", COURSE_SCRIPT, json.dumps(args)], cwd=ROOT, env=env,
                              capture_output=True, text=True)
@@ -260,12 +264,12 @@ def course_training(model_name: str, bundle: DataBundle, epochs: int, device: st
 
 
 def course_training_here(folder: str, model_name: str, image_size: int, epochs: int, device: str,
-                         workers: int) -> dict:
+                         workers: int, seed: int = 0) -> dict:
     from explore.device import pick_device
     from explore.models import build_model
 
     device_ = pick_device(device)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_model(model_name, image_size, 1)
     setup, (train_loader, val_loader) = timed(lambda: course_loaders(Path(folder), image_size, workers))
     records = list(train_like_the_course(model, train_loader, val_loader, epochs, device_))
@@ -301,6 +305,33 @@ def bench_training(settings: Settings) -> dict:
             "epoch_includes": "training on train plus evaluating val (both loops; wall clock)",
             "fast_input_norm": "none (pixels 0..1, as the course's ToTensor)",
             "course_t4_cnn_seconds_per_epoch": COURSE_T4_CNN_SECONDS_PER_EPOCH}
+
+
+def mean_sd(values: list[float]) -> dict:
+    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def bench_parity(settings: Settings) -> dict:
+    """Does the fast path learn as well as the course's loop? Same model, data, optimiser, batch size
+    and epochs, several seeds each (one run of a few epochs swings by 10 points or more between
+    seeds, so single runs cannot show a 2-point difference); mean validation accuracy compared."""
+    size, epochs, seeds = (64, 3, 1) if settings.quick else (64, 10, 3)
+    spec = DataSpec(image_size=size, synthetic=settings.knobs)
+    bundle = load_bundle(spec)
+    rows = []
+    for model_name in settings.models:
+        log(f"  parity: {model_name} at {size} px, {epochs} epochs, {seeds} seeds per loop")
+        course = [course_training(model_name, bundle, epochs, settings.device, settings.course_workers, seed)["val_acc"]
+                  for seed in range(seeds)]
+        fast = [fast_training(model_name, bundle, spec, epochs, settings.device, seed)["val_acc"]
+                for seed in range(seeds)]
+        difference = statistics.mean(fast) - statistics.mean(course)
+        rows.append({"model": model_name, "image_size": size, "epochs": epochs, "seeds": seeds,
+                     "course_val_acc": mean_sd(course), "fast_val_acc": mean_sd(fast), "difference": difference,
+                     "goal_points": 2.0, "goal_met": abs(difference) <= 0.02})
+        log(f"    course {statistics.mean(course):.3f}, fast {statistics.mean(fast):.3f} → {100 * difference:+.1f} points")
+    return {"rows": rows}
 
 
 def bench_precision(settings: Settings) -> dict:
@@ -594,10 +625,18 @@ def bench_data(settings: Settings) -> dict:
     return result
 
 
+# ----------------------------------------------------------------------------- 7. memory soak
+def bench_soak(settings: Settings) -> dict:
+    """Browser sessions one after another on one server (3 with --quick, else 20); see explore.soak."""
+    from explore.soak import run_soak
+
+    return run_soak(sessions=3 if settings.quick else 20, epochs=2, log=log)
+
+
 # ----------------------------------------------------------------------------- running and printing
 RUNNERS: dict[str, Callable[[Settings], dict]] = {
-    "training": bench_training, "precision": bench_precision, "frozen": bench_frozen, "live": bench_live,
-    "attribution": bench_attribution, "startup": bench_startup, "data": bench_data,
+    "training": bench_training, "parity": bench_parity, "precision": bench_precision, "frozen": bench_frozen, "live": bench_live,
+    "attribution": bench_attribution, "startup": bench_startup, "data": bench_data, "soak": bench_soak,
 }
 
 
@@ -660,6 +699,20 @@ def _format_training(r: dict) -> list[str]:
                   f"    fast:   {fmt(f['seconds_per_epoch'])} per epoch, val acc {f['val_acc']:.3f} [{f['placement']}]",
                   f"    speed-up {times(row['speedup'])} (goal ≥ {row['goal']:g}×: {met})"]
     return lines
+
+
+def _format_parity(r: dict) -> list[str]:
+    lines = []
+    for row in r["rows"]:
+        met = "goal met" if row["goal_met"] else "goal MISSED"
+        lines.append(f"  {row['model']} {row['image_size']} px, {row['epochs']} epochs, {row['seeds']} seeds: val acc "
+                     f"course {_mean_sd(row['course_val_acc'])}, fast {_mean_sd(row['fast_val_acc'])} → "
+                     f"{100 * row['difference']:+.1f} points (goal within ±{row['goal_points']:g}: {met})")
+    return lines
+
+
+def _mean_sd(m: dict) -> str:
+    return f"{m['mean']:.3f} ± {m['sd']:.3f} (" + ", ".join(f"{v:.3f}" for v in m["values"]) + ")"
 
 
 def _format_precision(r: dict) -> list[str]:
@@ -728,8 +781,17 @@ def _format_data(r: dict) -> list[str]:
     return lines
 
 
-FORMATTERS = {"training": _format_training, "precision": _format_precision, "frozen": _format_frozen, "live": _format_live,
-              "attribution": _format_attribution, "startup": _format_startup, "data": _format_data}
+def _format_soak(r: dict) -> list[str]:
+    return [f"  {r['sessions']} browser sessions one after another, each trains {r['epochs_per_session']} epochs "
+            f"({r['data']}) and closes; server RSS: idle {r['idle_mb']:.0f} MB, after the first session "
+            f"{r['after_first_session_mb']:.0f} MB, max {r['max_mb']:.0f} MB, at the end {r['final_mb']:.0f} MB "
+            f"({r['growth_after_first_mb']:+.0f} MB since the first session; "
+            f"{r['slope_mb_per_session']:+.1f} MB per session)"]
+
+
+FORMATTERS = {"training": _format_training, "parity": _format_parity, "precision": _format_precision, "frozen": _format_frozen, "live": _format_live,
+              "attribution": _format_attribution, "startup": _format_startup, "data": _format_data,
+              "soak": _format_soak}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -738,7 +800,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
     p.add_argument("--only", default=",".join(SECTIONS),
-                   help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
+                   help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)}; "
+                        f"also {','.join(EXTRA_SECTIONS)}: 20 browser sessions, needs Chromium)")
     p.add_argument("--course-workers", type=int, default=0,
                    help="DataLoader num_workers of the course's loop (0: the tutorial default)")
     p.add_argument("--epochs", type=int, help="epochs per training comparison (default 3)")
@@ -751,9 +814,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = [s for s in sections if s not in SECTIONS]
+    unknown = [s for s in sections if s not in SECTIONS + EXTRA_SECTIONS]
     if unknown:
-        print(f"error: unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
+        print(f"error: unknown section(s) {unknown}; choose from {', '.join(SECTIONS + EXTRA_SECTIONS)}",
+              file=sys.stderr)
         return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda was asked for but no CUDA GPU is available", file=sys.stderr)

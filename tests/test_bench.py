@@ -98,6 +98,13 @@ def test_quick_bench_runs_end_to_end_as_json():
             assert s["n"] == 3 and 0 < s["min"] <= s["median"] <= s["max"]
             assert 0 <= row[side]["val_acc"] <= 1
         assert row["speedup"] > 0
+    parity = report["sections"]["parity"]["rows"]
+    assert {r["model"] for r in parity} == {"hw3_cnn", "hw2_mlp"}
+    for row in parity:
+        course, fast = row["course_val_acc"], row["fast_val_acc"]
+        assert len(course["values"]) == len(fast["values"]) == row["seeds"] == 1
+        assert row["difference"] == pytest.approx(fast["mean"] - course["mean"])
+        assert row["goal_met"] == (abs(row["difference"]) <= 0.02)
     live = report["sections"]["live"]
     assert live["overhead"] > 0 and live["thread_cost"] > 0 and live["job_seconds"]["n"] == 1
     startup = report["sections"]["startup"]
@@ -115,3 +122,15 @@ def test_quick_bench_runs_end_to_end_as_json():
     attribution = report["sections"]["attribution"]
     if attribution["available"]:
         assert attribution["ms_per_image"]["saliency"]["median"] > 0
+
+
+def test_soak_is_opt_in_and_reads_as_a_sentence():
+    from explore.soak import least_squares_slope
+
+    assert "soak" not in bench.SECTIONS and "soak" in bench.EXTRA_SECTIONS
+    assert least_squares_slope([100.0, 102.0, 104.0]) == pytest.approx(2.0)
+    assert least_squares_slope([5.0]) == 0.0
+    soak = {"sessions": 20, "epochs_per_session": 2, "data": "small", "idle_mb": 54.0, "after_first_session_mb": 990.0,
+            "max_mb": 995.0, "final_mb": 930.0, "growth_after_first_mb": -60.0, "slope_mb_per_session": -0.5}
+    [line] = bench.FORMATTERS["soak"](soak)
+    assert "20 browser sessions" in line and "idle 54 MB" in line and "-60 MB since the first session" in line

@@ -209,3 +209,16 @@ def test_demo_mode_shows_its_limits_and_refuses_a_path_outside_the_data_root(dem
         assert not [e for e in errors if "ResizeObserver" not in e], errors
     finally:
         context.close()
+
+
+def test_memory_soak_smoke():
+    """The soak that BENCHMARKS.md quotes (20 sessions there), with 2 sessions: it drives real
+    sessions, reads the server's memory and reports it; memory must not grow by hundreds of MB."""
+    require_browser()
+    from explore.soak import run_soak
+
+    report = run_soak(sessions=2, epochs=1, settle_s=1.0)
+    assert report["available"] and len(report["after_each_session_mb"]) == 2
+    assert report["idle_mb"] < report["after_first_session_mb"]  # torch and the data load at the first visit
+    assert report["growth_after_first_mb"] < 300, report
+    assert all(seconds > 0 for seconds in report["session_seconds"])
