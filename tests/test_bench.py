@@ -104,7 +104,7 @@ def test_quick_bench_runs_end_to_end_as_json():
         course, fast = row["course_val_acc"], row["fast_val_acc"]
         assert len(course["values"]) == len(fast["values"]) == row["seeds"] == 1
         assert row["difference"] == pytest.approx(fast["mean"] - course["mean"])
-        assert row["goal_met"] == (abs(row["difference"]) <= 0.02)
+        assert row["goal_met"] == (abs(row["difference"]) <= 0.02) and row["not_worse"] == (row["difference"] >= -0.02)
     live = report["sections"]["live"]
     assert live["overhead"] > 0 and live["thread_cost"] > 0 and live["job_seconds"]["n"] == 1
     startup = report["sections"]["startup"]
