@@ -147,7 +147,10 @@ def saliency_on_test_images(page) -> None:
     expect(test_column.locator("[data-testid='stImage'] img").first).to_be_visible(timeout=120_000)
     wait_for_app_idle(page, timeout_ms=180_000)
     images = test_column.locator("[data-testid='stImage'] img:visible")
-    assert images.count() >= 1 and images.first.evaluate("img => img.naturalWidth") > 0
+    assert images.count() >= 1
+    # the picture has arrived (a broken or still-loading image has no naturalWidth)
+    images.first.evaluate("img => img.complete || new Promise(done => img.addEventListener('load', done))")
+    assert images.first.evaluate("img => img.naturalWidth") > 0
     captions = test_column.get_by_text(" · true ")
     assert captions.count() >= 1 and "P(disease)" in captions.first.inner_text()
     screenshot(page, "student-5-saliency")
