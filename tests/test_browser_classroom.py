@@ -1,7 +1,8 @@
 """Many browsers, one server, in real Chromium: the classroom and public-demo guarantees.
 
 - Two browser contexts (two students) train at once on a shared server (EXPLORE_SHARED_SERVER=1):
-  both runs finish, each in its own session's folder, and each student sees only their own run.
+  the one job slot holds (the second waits and is told so), each run lands in its own session's
+  folder, and each student sees only their own run.
 - Bad uploads (a text file renamed .png, a truncated JPEG) are skipped and listed, or refused with
   a clear message when nothing usable is left; the page works on.
 - Demo mode (EXPLORE_DEMO_MODE=1) shows its banner and refuses a folder outside its data root.
@@ -62,31 +63,46 @@ def queue_custom_run(page, name: str, epochs: int) -> None:
 
 
 def test_two_students_train_at_once_and_each_sees_only_their_own_run(app_server, browser):  # noqa: F811
+    """Alice starts a long run, Bob presses Train while it runs: the server's one job slot holds, so
+    Bob's page says he is next in the queue; Alice stops hers, Bob's starts and finishes. Each run
+    lands in its own session's folder and each student sees only their own."""
     from playwright.sync_api import expect
 
-    students = [new_student(browser) for _ in range(2)]
+    (alice_context, alice, alice_errors), (bob_context, bob, bob_errors) = students = [
+        new_student(browser) for _ in range(2)]
     try:
-        for (_, page, _), name in zip(students, ("alice's run", "bob's run")):
+        for page in (alice, bob):
             page.goto(app_server.url)
             wait_for_app_idle(page, timeout_ms=180_000)
-        # Both press Train one right after the other: one trains, the other waits in the queue.
-        for (_, page, _), name in zip(students, ("alice's run", "bob's run")):
-            queue_custom_run(page, name, epochs=3)
-        runs = [run_ids_in_url(page)[0] for _, page, _ in students]
-        sessions = [session_of(page) for _, page, _ in students]
-        assert runs[0] != runs[1] and sessions[0] != sessions[1]
+        queue_custom_run(alice, "alice's run", epochs=300)
+        [alice_run] = run_ids_in_url(alice)
+        alice_store = RunStore(app_server.runs_dir, namespace=f"session-{session_of(alice)}")
+        wait_until(alice, lambda: alice_store.load(alice_run, with_metrics=False).state == "running", 60,
+                   "alice's run to start")
+        queue_custom_run(bob, "bob's run", epochs=3)
+        [bob_run] = run_ids_in_url(bob)
+        bob_store = RunStore(app_server.runs_dir, namespace=f"session-{session_of(bob)}")
+        assert alice_run != bob_run and session_of(alice) != session_of(bob)
+        # One job at a time on this server: Bob waits, and his page says where he is.
+        expect(bob.get_by_text("next in the queue").first).to_be_visible(timeout=30_000)
+        assert bob_store.load(bob_run, with_metrics=False).state == "queued"
+        screenshot(bob, "classroom-bob-queued")
 
-        for (_, page, _), name in zip(students, ("alice's run", "bob's run")):
-            page.get_by_text("trained 3 epochs").first.wait_for(timeout=300_000)
+        wait_until(alice, lambda: len(alice_store.load(alice_run).metrics) >= 2, 120, "two epochs of alice's run")
+        alice.get_by_role("button", name="Stop").first.click()
+        alice.get_by_text("stopped by the user").first.wait_for(timeout=60_000)
+        bob.get_by_text("trained 3 epochs").first.wait_for(timeout=300_000)
+        for page in (alice, bob):
             wait_for_app_idle(page)
-        for (_, page, errors), session, run_id, own, other in zip(
-                students, sessions, runs, ("alice's run", "bob's run"), ("bob's run", "alice's run")):
-            # On disk: each run in its own session's folder, complete and finished.
-            store = RunStore(app_server.runs_dir, namespace=f"session-{session}")
-            assert [r.run_id for r in store.list()] == [run_id]
-            record = store.load(run_id)
-            assert record.state == "finished" and [m["epoch"] for m in record.metrics] == [1, 2, 3]
-            # On screen: the Compare page lists this student's run, never the other's.
+
+        # On disk: each run in its own session's folder, complete.
+        assert [r.run_id for r in alice_store.list()] == [alice_run]
+        assert [r.run_id for r in bob_store.list()] == [bob_run]
+        assert alice_store.load(alice_run).state == "stopped"
+        bob_record = bob_store.load(bob_run)
+        assert bob_record.state == "finished" and [m["epoch"] for m in bob_record.metrics] == [1, 2, 3]
+        # On screen: the Compare page lists each student's own run, never the other's.
+        for (_, page, errors), own, other in zip(students, ("alice's run", "bob's run"), ("bob's run", "alice's run")):
             page.get_by_test_id("stSidebarNav").get_by_text("Compare", exact=True).click()
             wait_for_app_idle(page, timeout_ms=120_000)
             legend = page.get_by_test_id("stVegaLiteChart").first.locator(".role-legend")
@@ -94,11 +110,11 @@ def test_two_students_train_at_once_and_each_sees_only_their_own_run(app_server,
             assert page.get_by_text(other).count() == 0
             assert page.get_by_test_id("stException").count() == 0
             assert not [e for e in errors if "ResizeObserver" not in e], errors
-        screenshot(students[0][1], "classroom-student-a-compare")
-        screenshot(students[1][1], "classroom-student-b-compare")
+        screenshot(alice, "classroom-student-a-compare")
+        screenshot(bob, "classroom-student-b-compare")
     finally:
-        for context, _, _ in students:
-            context.close()
+        alice_context.close()
+        bob_context.close()
 
 
 def png_bytes(value: int) -> bytes:
