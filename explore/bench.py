@@ -25,7 +25,6 @@ import datetime
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from torch import nn
 
 from explore.config import RunConfig
 from explore.data import DataBundle, DataSpec, load_bundle
+from explore.soak import free_port, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("training", "parity", "precision", "frozen", "live", "attribution", "startup", "data")
@@ -471,12 +471,6 @@ def bench_attribution(settings: Settings) -> dict:
 
 
 # ----------------------------------------------------------------------------- 5. start-up and memory
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http_ok(url: str, timeout_s: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
@@ -506,12 +500,7 @@ def streamlit_startup_seconds(runs_dir: str, timeout_s: float = 120.0) -> float:
             raise RuntimeError("streamlit answered /_stcore/health but not /")
         return time.perf_counter() - started
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
 
 
 def memory_session(quick: bool) -> dict:

@@ -66,6 +66,16 @@ def start_server(tmp: Path, timeout_s: float = 120.0) -> tuple[subprocess.Popen,
     raise RuntimeError(f"streamlit did not answer within {timeout_s:.0f} s")
 
 
+def stop_server(server: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    """Ask the server to stop, then make sure it has (and reap it)."""
+    server.terminate()
+    try:
+        server.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def one_session(browser, url: str, epochs: int, timeout_ms: float = 300_000) -> None:
     """A student opens the Train page, trains a short custom run to the end, and closes the tab."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -122,11 +132,7 @@ def run_soak(sessions: int = 20, epochs: int = 2, settle_s: float = 3.0,
             time.sleep(max(settle_s, 10.0))
             final = rss_mb(server.pid)
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server)
     after_first = readings[0]
     return {"available": True, "sessions": sessions, "epochs_per_session": epochs, "data": "EXPLORE_DEMO_SMALL=1 "
             "(240 train images, 64 px)", "idle_mb": idle, "after_first_session_mb": after_first,

@@ -32,6 +32,13 @@ def go_to(page, title: str) -> None:
     wait_for_app_idle(page, timeout_ms=180_000)
 
 
+def pick_run(page, label: str) -> None:
+    """Choose a run in the page's Run selector."""
+    page.locator("[data-testid='stSelectbox']").filter(has_text="Run").first.click()
+    page.get_by_role("option").filter(has_text=label).first.click()
+    wait_for_app_idle(page, timeout_ms=180_000)
+
+
 def no_tracebacks(page, errors: list[str]) -> None:
     assert page.get_by_test_id("stException").count() == 0, page.get_by_test_id("stException").all_inner_texts()
     assert not [e for e in errors if "ResizeObserver" not in e], errors
@@ -139,9 +146,7 @@ def saliency_on_test_images(page) -> None:
     from playwright.sync_api import expect
 
     go_to(page, "Saliency")
-    page.locator("[data-testid='stSelectbox']").filter(has_text="Run").first.click()
-    page.get_by_role("option").filter(has_text="HW3 CNN").first.click()
-    wait_for_app_idle(page, timeout_ms=180_000)
+    pick_run(page, "HW3 CNN")
     test_column = page.get_by_test_id("stColumn").filter(has_text="Test · site B (other hospital)").last
     expect(test_column).to_be_visible(timeout=120_000)
     expect(test_column.locator("[data-testid='stImage'] img").first).to_be_visible(timeout=120_000)
@@ -160,9 +165,7 @@ def mismatch_table(page) -> None:
     from playwright.sync_api import expect
 
     go_to(page, "Mismatch")
-    page.locator("[data-testid='stSelectbox']").filter(has_text="Run").first.click()
-    page.get_by_role("option").filter(has_text="HW3 CNN").first.click()
-    wait_for_app_idle(page, timeout_ms=180_000)
+    pick_run(page, "HW3 CNN")
     expect(page.get_by_text("1 · The same model on both hospitals")).to_be_visible(timeout=120_000)
     table = page.get_by_test_id("stDataFrame").first
     expect(table).to_be_visible(timeout=120_000)
