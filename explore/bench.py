@@ -45,8 +45,8 @@ from explore.soak import free_port, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("training", "parity", "precision", "frozen", "live", "attribution", "startup", "data")
-# Run only when asked for (--only soak): it drives Chromium through 20 browser sessions.
-EXTRA_SECTIONS = ("soak",)
+# Run only when asked for (--only soak,watch): they drive Chromium against a running server.
+EXTRA_SECTIONS = ("soak", "watch")
 
 # The course's reference timings (a Colab T4, 30 epochs at 256 px, from the homework reports).
 COURSE_T4_CNN_SECONDS_PER_EPOCH = 70 / 30
@@ -624,10 +624,24 @@ def bench_soak(settings: Settings) -> dict:
     return run_soak(sessions=3 if settings.quick else 20, epochs=2, log=log)
 
 
+def bench_watch(settings: Settings) -> dict:
+    """A tab watching a run live vs no tab: with Streamlit's post-run gc.collect() on (its default)
+    and off (this app's setting); see explore.soak.run_watch_cost."""
+    from explore.soak import run_watch_cost
+
+    window, repeats = (4.0, 1) if settings.quick else (10.0, 2)
+    results = {f"gc_{'on' if gc else 'off'}": run_watch_cost(window, repeats, post_script_gc=gc, log=log)
+               for gc in (True, False)}
+    if not all(r["available"] for r in results.values()):
+        return {"available": False, "note": results["gc_off"].get("note") or results["gc_on"].get("note")}
+    return results | {"goal": GOALS["live"], "goal_met": results["gc_off"]["slowdown"] <= GOALS["live"]}
+
+
 # ----------------------------------------------------------------------------- running and printing
 RUNNERS: dict[str, Callable[[Settings], dict]] = {
     "training": bench_training, "parity": bench_parity, "precision": bench_precision, "frozen": bench_frozen, "live": bench_live,
     "attribution": bench_attribution, "startup": bench_startup, "data": bench_data, "soak": bench_soak,
+    "watch": bench_watch,
 }
 
 
@@ -782,9 +796,22 @@ def _format_soak(r: dict) -> list[str]:
             f"{r['slope_mb_per_session']:+.1f} MB per session)"]
 
 
+def _format_watch(r: dict) -> list[str]:
+    lines = []
+    for key in ("gc_on", "gc_off"):
+        w = r[key]
+        lines.append(f"  Streamlit gc.collect() after each run {'on (its default)' if w['post_script_gc'] else 'off (this app)'}: "
+                     f"{w['watched_epochs_per_second']:.2f} epochs/s with a tab watching, "
+                     f"{w['unwatched_epochs_per_second']:.2f} without → {w['slowdown']:.2f}× slower watched; "
+                     f"server CPU per epoch {w['watched_cpu_seconds_per_epoch']:.3f} vs "
+                     f"{w['unwatched_cpu_seconds_per_epoch']:.3f} s")
+    lines.append(f"  goal ≤ {r['goal']:g}× with this app's settings: {'goal met' if r['goal_met'] else 'goal MISSED'}")
+    return lines
+
+
 FORMATTERS = {"training": _format_training, "parity": _format_parity, "precision": _format_precision, "frozen": _format_frozen, "live": _format_live,
               "attribution": _format_attribution, "startup": _format_startup, "data": _format_data,
-              "soak": _format_soak}
+              "soak": _format_soak, "watch": _format_watch}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,6 @@
-"""Memory soak: browser sessions one after another on one server, each trains a run and closes.
+"""Real browser sessions against a real server: a memory soak, and what watching a run costs.
+
+Soak: browser sessions one after another on one server, each trains a run and closes.
 
 A classroom server lives for hours while students come and go. This drives real Chromium
 (Playwright) against `streamlit run streamlit_app.py` the way a student does — open the Train
@@ -7,7 +9,9 @@ resident memory (VmRSS) after each session. Memory that grows with every session
 memory that stays near its level after the first session (torch, the data cache and the job
 manager loaded once for everyone) is the cost of the server.
 
-Used by `python -m explore bench --only soak` (figures in BENCHMARKS.md). Needs the `playwright`
+Watch: the training speed of one run while a tab shows it live, and after the tab is closed.
+
+Used by `python -m explore bench --only soak,watch` (figures in BENCHMARKS.md). Needs the `playwright`
 package and Chromium at /usr/bin/chromium (or EXPLORE_CHROMIUM); without them it says so.
 """
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,11 +47,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tmp: Path, timeout_s: float = 120.0) -> tuple[subprocess.Popen, str]:
+def start_server(tmp: Path, timeout_s: float = 120.0, **extra_env: str) -> tuple[subprocess.Popen, str]:
     """The app as a classroom runs it (one runs folder per session), on the small demo data."""
     port = free_port()
     env = os.environ | {"EXPLORE_RUNS_DIR": str(tmp / "runs"), "EXPLORE_CACHE_DIR": str(tmp / "cache"),
-                        "EXPLORE_DEMO_SMALL": "1", "EXPLORE_SHARED_SERVER": "1", "PYTHONPATH": str(ROOT)}
+                        "EXPLORE_DEMO_SMALL": "1", "EXPLORE_SHARED_SERVER": "1", "PYTHONPATH": str(ROOT)} | extra_env
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
@@ -76,18 +81,24 @@ def stop_server(server: subprocess.Popen, timeout_s: float = 15.0) -> None:
         server.wait()
 
 
+def start_custom_run(context, url: str, epochs: int, timeout_ms: float = 300_000):
+    """Open the Train page in a new tab of `context` and start a custom run; returns the page."""
+    page = context.new_page()
+    page.goto(f"{url}/train")
+    page.get_by_role("tab", name=re.compile("Custom run")).click(timeout=timeout_ms)
+    field = page.get_by_label("Epochs")
+    field.fill(str(epochs))
+    field.press("Enter")
+    page.wait_for_timeout(500)
+    page.get_by_role("button", name="Train", exact=True).click()
+    return page
+
+
 def one_session(browser, url: str, epochs: int, timeout_ms: float = 300_000) -> None:
     """A student opens the Train page, trains a short custom run to the end, and closes the tab."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     try:
-        page = context.new_page()
-        page.goto(f"{url}/train")
-        page.get_by_role("tab", name=re.compile("Custom run")).click(timeout=timeout_ms)
-        field = page.get_by_label("Epochs")
-        field.fill(str(epochs))
-        field.press("Enter")
-        page.wait_for_timeout(500)
-        page.get_by_role("button", name="Train", exact=True).click()
+        page = start_custom_run(context, url, epochs, timeout_ms)
         page.get_by_text(f"trained {epochs} epochs").first.wait_for(timeout=timeout_ms)
     finally:
         context.close()
@@ -102,15 +113,85 @@ def least_squares_slope(ys: list[float]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in enumerate(ys)) / sum((x - mean_x) ** 2 for x in range(n))
 
 
-def run_soak(sessions: int = 20, epochs: int = 2, settle_s: float = 3.0,
-             log: Callable[[str], None] = lambda message: None) -> dict:
+def browser_or_reason():
+    """(sync_playwright, chromium path) or (None, why not)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        return {"available": False, "note": "the soak needs the playwright package: pip install playwright"}
+        return None, "needs the playwright package: pip install playwright"
     chromium = os.environ.get("EXPLORE_CHROMIUM", "/usr/bin/chromium")
     if not Path(chromium).exists():
-        return {"available": False, "note": f"the soak needs Chromium at {chromium}: apt-get install -y chromium"}
+        return None, f"needs Chromium at {chromium}: apt-get install -y chromium"
+    return sync_playwright, chromium
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def epochs_done(runs: Path) -> int:
+    return sum(len(p.read_text().splitlines()) for p in runs.rglob("metrics.jsonl"))
+
+
+def training_rate(server: subprocess.Popen, runs: Path, seconds: float) -> dict:
+    """Epochs per second finished, and server CPU seconds per epoch, over a window."""
+    cpu0, epochs0, t0 = cpu_seconds(server.pid), epochs_done(runs), time.perf_counter()
+    time.sleep(seconds)
+    cpu1, epochs1, t1 = cpu_seconds(server.pid), epochs_done(runs), time.perf_counter()
+    return {"epochs_per_second": (epochs1 - epochs0) / (t1 - t0),
+            "server_cpu_seconds_per_epoch": (cpu1 - cpu0) / max(epochs1 - epochs0, 1)}
+
+
+def run_watch_cost(window_s: float = 10.0, repeats: int = 2, post_script_gc: bool = False,
+                   log: Callable[[str], None] = lambda message: None) -> dict:
+    """What a browser tab watching a run live costs the training, in the real app.
+
+    One long run on the small data; its training speed is read over windows while its Train page
+    is open (the page redraws status and curves every second), then after the tab is closed (the
+    run goes on in the job queue). Training runs on one thread so the browser, which shares this
+    machine here but sits on a student's laptop in a classroom, does not take the training's core.
+    post_script_gc=True restores Streamlit's default gc.collect() after every script run (the
+    app's .streamlit/config.toml turns it off), to show what it cost.
+    """
+    sync_playwright, chromium = browser_or_reason()
+    if sync_playwright is None:
+        return {"available": False, "note": f"the watch measurement {chromium}"}
+    with tempfile.TemporaryDirectory(prefix="explore-watch-") as tmp:
+        server, url = start_server(Path(tmp), EXPLORE_THREADS="1",
+                                   STREAMLIT_RUNNER_POST_SCRIPT_GC="true" if post_script_gc else "false")
+        runs = Path(tmp) / "runs"
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+                context = browser.new_context(viewport={"width": 1400, "height": 1000})
+                page = start_custom_run(context, url, epochs=300)
+                page.locator("[data-testid='stProgress']").first.wait_for(timeout=120_000)  # training
+                time.sleep(3)  # past the first epoch's one-time costs
+                watched = [training_rate(server, runs, window_s) for _ in range(repeats)]
+                context.close()
+                unwatched = [training_rate(server, runs, window_s) for _ in range(repeats)]
+                browser.close()
+        finally:
+            stop_server(server)
+    rate = lambda rows: statistics.median(r["epochs_per_second"] for r in rows)  # noqa: E731
+    cpu = lambda rows: statistics.median(r["server_cpu_seconds_per_epoch"] for r in rows)  # noqa: E731
+    result = {"available": True, "post_script_gc": post_script_gc, "window_seconds": window_s,
+              "watched_epochs_per_second": rate(watched), "unwatched_epochs_per_second": rate(unwatched),
+              "watched_cpu_seconds_per_epoch": cpu(watched), "unwatched_cpu_seconds_per_epoch": cpu(unwatched),
+              "windows": {"watched": watched, "unwatched": unwatched}}
+    result["slowdown"] = result["unwatched_epochs_per_second"] / max(result["watched_epochs_per_second"], 1e-9)
+    log(f"  watch (post-script gc {'on' if post_script_gc else 'off'}): {rate(watched):.2f} epochs/s watched, "
+        f"{rate(unwatched):.2f} unwatched → {result['slowdown']:.2f}×")
+    return result
+
+
+def run_soak(sessions: int = 20, epochs: int = 2, settle_s: float = 3.0,
+             log: Callable[[str], None] = lambda message: None) -> dict:
+    sync_playwright, chromium = browser_or_reason()
+    if sync_playwright is None:
+        return {"available": False, "note": f"the soak {chromium}"}
     with tempfile.TemporaryDirectory(prefix="explore-soak-") as tmp:
         server, url = start_server(Path(tmp))
         try:

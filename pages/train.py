@@ -15,7 +15,7 @@ from explore.models import MODELS
 from explore.presets import PRESETS
 from explore.settings import NotAllowed, apply_limits, check_sweep_allowed
 from explore.share import decode_config, encode_config, export_run_bundle, import_run_bundle
-from explore.store import StoreError
+from explore.store import RunStore, StoreError
 from pages.common import app_settings, current_data_spec, job_manager, run_store, status_badge
 
 LEARNING_RATES = [1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0]
@@ -200,13 +200,23 @@ def live_view(run_ids: list[str], finished_before: set[str]) -> None:
             state_col.write(report.outcome_text(record))
         if is_live(record) and stop_col.button("Stop", key=f"stop-{record.run_id}"):
             manager.stop(record.run_id)
-    curves = report.curves_for(records)
-    if curves.empty:
+    epochs_so_far = tuple(len(r.metrics) for r in records)
+    if not any(epochs_so_far):
         st.caption("The curves appear after the first epoch.")
         return
     loss_col, acc_col = st.columns(2)
-    loss_col.altair_chart(report.curves_chart(curves, "loss"), width="stretch")
-    acc_col.altair_chart(report.curves_chart(curves, "accuracy"), width="stretch")
+    for column, metric in ((loss_col, "loss"), (acc_col, "accuracy")):
+        column.vega_lite_chart(curves_spec(str(store.root), tuple(run_ids), epochs_so_far, metric), width="stretch")
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def curves_spec(root: str, run_ids: tuple[str, ...], epochs_so_far: tuple[int, ...], metric: str) -> dict:
+    """The chart's Vega-Lite spec, built once per new epoch: the live view redraws every second,
+    and building and validating an Altair chart each time took the training thread's GIL for tens
+    of milliseconds. (epochs_so_far is there for the cache key: a new epoch, a new spec.)"""
+    store_here = RunStore(root)  # root is this session's own runs folder
+    records = [store_here.load(run_id) for run_id in run_ids]
+    return report.curves_chart(report.curves_for(records), metric).to_dict()
 
 
 def final_results(record) -> None:

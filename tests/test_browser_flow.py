@@ -53,15 +53,18 @@ def test_data_page_shows_the_sample_grid(app_server, browser_page):  # noqa: F81
     page.goto(app_server.url)
     page.get_by_text("Skipped files").wait_for(timeout=180_000)
     wait_for_app_idle(page)
-    images = page.locator("[data-testid='stImage'] img")
-    assert images.count() >= 16 + 2  # a class row of 8 per class, plus the two-site preview
+    # a class row of 8 per class, plus the two-site preview (they may still be arriving: wait, don't count once)
+    page.wait_for_function("() => document.querySelectorAll(\"[data-testid='stImage'] img\").length >= 18",
+                           timeout=60_000)
     # Every visible thumbnail actually loads (a broken image never gets a naturalWidth).
     page.get_by_text("Samples", exact=True).scroll_into_view_if_needed()
     page.wait_for_function("""() => {
         const shown = [...document.querySelectorAll("[data-testid='stImage'] img")].filter(i => i.offsetParent);
         return shown.length >= 18 && shown.every(i => i.complete && i.naturalWidth > 0);
     }""", timeout=30_000)
-    assert page.get_by_text("No files skipped.").is_visible()
+    from playwright.sync_api import expect
+
+    expect(page.get_by_text("No files skipped.")).to_be_visible(timeout=30_000)
     screenshot(page, "data_page")
 
     page.get_by_role("button", name="enlarge").first.click()
