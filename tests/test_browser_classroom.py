@@ -230,15 +230,22 @@ def test_demo_mode_shows_its_limits_and_refuses_a_path_outside_the_data_root(dem
         context.close()
 
 
-def test_memory_soak_smoke():
-    """The soak that BENCHMARKS.md quotes (20 sessions there; 3 with --quick), through the CLI in its
-    own process (Playwright's sync API allows one driver per thread, and this module holds one):
+def test_memory_soak_and_watch_smoke():
+    """The soak and watch measurements that BENCHMARKS.md quotes (20 sessions there; 3 with --quick),
+    through the CLI in its own process (Playwright's sync API allows one driver per thread, and this module holds one):
     real sessions train and close, the server's memory is read, and it must not grow by hundreds of MB."""
     require_browser()
-    out = subprocess.run([sys.executable, "-m", "explore", "bench", "--only", "soak", "--quick", "--json"],
+    out = subprocess.run([sys.executable, "-m", "explore", "bench", "--only", "soak,watch", "--quick", "--json"],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout)["sections"]["soak"]
+    sections = json.loads(out.stdout)["sections"]
+    # the watch measurement: a real tab watching a run, with and without Streamlit's post-run gc
+    watch = sections["watch"]
+    assert "error" not in watch, watch
+    for key in ("gc_on", "gc_off"):
+        assert watch[key]["watched_epochs_per_second"] > 0 and watch[key]["unwatched_epochs_per_second"] > 0
+        assert watch[key]["slowdown"] > 0
+    report = sections["soak"]
     assert report["available"] and len(report["after_each_session_mb"]) == report["sessions"] == 3, report
     assert report["idle_mb"] < report["after_first_session_mb"]  # torch and the data load at the first visit
     assert report["growth_after_first_mb"] < 300, report
