@@ -539,10 +539,11 @@ def memory_mb() -> dict:
     return {"peak_rss_mb": kib("VmHWM") / 1024, "rss_mb": kib("VmRSS") / 1024}
 
 
+# Run in a child process (the library itself never imports Streamlit): the app's first script run.
 FIRST_RUN_SCRIPT = """
-import time
+import importlib, time
 started = time.perf_counter()
-from streamlit.testing.v1 import AppTest
+AppTest = importlib.import_module("streamlit.testing.v1").AppTest
 app = AppTest.from_file("streamlit_app.py", default_timeout=300)
 app.run()
 print(time.perf_counter() - started, len(app.exception))
