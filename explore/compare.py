@@ -42,7 +42,11 @@ SWEEP_SETTINGS: dict[str, tuple[str, type]] = {
     "gamma": ("learning-rate decay gamma", float),
     "weight_decay": ("weight decay", float),
     "dropout": ("dropout", float),
+    "batch_norm": ("batch norm (on/off)", bool),
 }
+MODEL_OPTION_SETTINGS = ("dropout", "batch_norm")  # sweepable settings that live in RunConfig.model_options
+BOOL_WORDS = {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False, "1": True,
+              "0": False, "with": True, "without": False}
 LOG_SCALE_SETTINGS = ("lr", "weight_decay")
 RESULT_METRICS = ("val_acc_best_epoch", "val_acc_last_epoch", "test_acc")
 
@@ -220,6 +224,13 @@ def parse_values(setting: str, text: str) -> list:
     for token in re.split(r"[,\s;]+", text.strip()):
         if not token:
             continue
+        if kind is bool:
+            if token.lower() not in BOOL_WORDS:
+                raise ValueError(f"{SWEEP_SETTINGS[setting][0]}: {token!r} is not on or off")
+            value = BOOL_WORDS[token.lower()]
+            if value not in values:
+                values.append(value)
+            continue
         try:
             value = float(token)
             if kind is int:
@@ -238,22 +249,23 @@ def parse_values(setting: str, text: str) -> list:
 
 def setting_value(config: RunConfig, setting: str):
     """A sweepable setting's value in a config (dropout lives in the model options)."""
-    if setting == "dropout":
-        return config.options().get("dropout", _default_dropout(config.model))
+    if setting in MODEL_OPTION_SETTINGS:
+        return config.options().get(setting, _default_option(config.model, setting))
     return getattr(config, setting)
 
 
-def _default_dropout(model: str):
+def _default_option(model: str, option: str):
     import inspect
 
-    parameter = inspect.signature(MODELS[model].build).parameters.get("dropout")
+    parameter = inspect.signature(MODELS[model].build).parameters.get(option)
     return parameter.default if parameter is not None else None
 
 
 def _check_sweepable(base: RunConfig, setting: str) -> None:
-    if setting == "dropout" and "dropout" not in MODELS[base.model].options:
-        takes = ", ".join(n for n, info in MODELS.items() if "dropout" in info.options)
-        raise ValueError(f"model {base.model!r} has no dropout setting; models that take one: {takes}")
+    if setting in MODEL_OPTION_SETTINGS and setting not in MODELS[base.model].options:
+        takes = ", ".join(n for n, info in MODELS.items() if setting in info.options)
+        raise ValueError(f"model {base.model!r} has no {SWEEP_SETTINGS[setting][0]} setting; "
+                         f"models that take one: {takes}")
     if setting == "step_size" and base.scheduler != "step":
         raise ValueError(f"the step size only matters with the 'step' scheduler; the base run uses "
                          f"{base.scheduler!r}")
@@ -280,8 +292,9 @@ def sweep_configs(base: RunConfig, grid: dict[str, list], group: str, epochs: in
             changes["epochs"] = int(epochs)
         shown = []
         for setting, value in zip(grid, combination):
-            if setting == "dropout":
-                changes["model_options"] = tuple((base.options() | {"dropout": value}).items())
+            if setting in MODEL_OPTION_SETTINGS:
+                options = dict(changes.get("model_options", base.model_options)) | {setting: value}
+                changes["model_options"] = tuple(options.items())
             else:
                 changes[setting] = value
             shown.append(f"{setting}={_format(value)}")

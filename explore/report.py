@@ -235,7 +235,9 @@ def describe_data(spec) -> str:
 def configs_table(configs: list) -> pd.DataFrame:
     """What a preset will queue: one row per run with the settings that matter most."""
     return pd.DataFrame([{
-        "run": c.name, "model": c.model, "loss": c.loss, "optimizer": c.optimizer, "lr": f"{c.lr:g}",
+        "run": c.name, "model": c.model,
+        "options": ", ".join(f"{k}={'on' if v is True else 'off' if v is False else v}" for k, v in c.model_options),
+        "loss": c.loss, "optimizer": c.optimizer, "lr": f"{c.lr:g}",
         "schedule": c.scheduler if c.scheduler != "step" else f"step({c.step_size}, {c.gamma:g})",
         "weight decay": f"{c.weight_decay:g}", "batch": c.batch_size, "epochs": c.epochs,
         "early stop": c.early_stopping_patience or "off", "image px": c.data.image_size,

@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--dropout", type=float, help="for models that take a dropout option")
+    p.add_argument("--batch-norm", action="store_true", help="BatchNorm layers in mlp, cnn or cnn_gap")
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
     p.add_argument("--augment", nargs="*", choices=AUGMENTATIONS)
     p.add_argument("--input-norm", choices=INPUT_NORMS)
@@ -63,8 +64,16 @@ def configs_from_args(args) -> list[RunConfig]:
     out = []
     for config in base:
         run_changes = dict(changes)
+        options = dict(config.model_options)
         if args.dropout is not None:
-            run_changes["model_options"] = tuple((dict(config.model_options) | {"dropout": args.dropout}).items())
+            options["dropout"] = args.dropout
+        if args.batch_norm:
+            if "batch_norm" not in MODELS[config.model].options:
+                takes = ", ".join(n for n, info in MODELS.items() if "batch_norm" in info.options)
+                raise ValueError(f"model {config.model!r} has no batch-norm option; models that take one: {takes}")
+            options["batch_norm"] = True
+        if options != dict(config.model_options):
+            run_changes["model_options"] = tuple(options.items())
         if data_changes:
             run_changes["data"] = DataSpec.from_dict(config.data.to_dict() | data_changes)
         if MODELS[config.model].family == "transfer" and args.input_norm is None:

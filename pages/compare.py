@@ -122,7 +122,8 @@ with sweep_tab:
     for setting in settings:
         now = compare.setting_value(base, setting)
         text = st.text_input(f"Values of the {compare.SWEEP_SETTINGS[setting][0]} (now {now})",
-                             key=f"sweep_values_{setting}", placeholder="e.g. 1e-4, 1e-3, 1e-2")
+                             key=f"sweep_values_{setting}",
+                             placeholder="on, off" if compare.SWEEP_SETTINGS[setting][1] is bool else "e.g. 1e-4, 1e-3, 1e-2")
         try:
             grid[setting] = compare.parse_values(setting, text)
         except ValueError as error:

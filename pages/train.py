@@ -73,6 +73,9 @@ def custom_config() -> RunConfig | None:
         options = {}
         if "dropout" in MODELS[model].options:
             options["dropout"] = st.slider("Dropout", 0.0, 0.9, 0.5, 0.05, key="dropout")
+        if "batch_norm" in MODELS[model].options:
+            options["batch_norm"] = st.checkbox("Batch norm", key="batch_norm",
+                                                help="BatchNorm after each hidden layer or convolution")
         two_classes = spec.num_classes == 2
         loss = st.radio("Loss", ["bce", "ce"] if two_classes else ["ce"], horizontal=True, key="loss",
                         format_func={"bce": "BCE (1 output)", "ce": "cross-entropy (K outputs)"}.get)

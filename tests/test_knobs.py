@@ -1,0 +1,46 @@
+"""The lecture's knobs (issue 15): batch norm everywhere a model takes it, swept and counted."""
+import pytest
+from torch import nn
+
+from explore import analysis, compare
+from explore.config import RunConfig
+from explore.models import MODELS, build_model, count_parameters
+from explore.train_cli import build_parser, configs_from_args
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "cnn_gap"])
+def test_batch_norm_adds_two_parameters_per_channel(name):
+    plain, with_bn = (build_model(name, 32, 1, batch_norm=bn) for bn in (False, True))
+    norms = [m for m in with_bn.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    assert norms and not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in plain.modules())
+    assert count_parameters(with_bn)[0] - count_parameters(plain)[0] == sum(2 * m.num_features for m in norms)
+
+
+def test_architecture_table_counts_batch_norm():
+    plain, _ = analysis.profile_architectures(["cnn", "hw3_cnn"], 64)
+    with_bn, _ = analysis.profile_architectures(["cnn", "hw3_cnn"], 64, batch_norm=True)
+    assert with_bn.params[0] - plain.params[0] == 3 * 2 * 32  # three conv blocks of 32 channels: γ and β
+    assert with_bn.params[1] == plain.params[1]  # hw3_cnn takes no batch-norm option: unchanged
+    assert list(with_bn.batch_norm) == [True, False]
+
+
+def test_cli_batch_norm_flag():
+    args = build_parser().parse_args(["--model", "cnn", "--batch-norm", "--dropout", "0.2"])
+    (config,) = configs_from_args(args)
+    assert config.options() == {"batch_norm": True, "dropout": 0.2}
+    with pytest.raises(ValueError, match="no batch-norm option"):
+        configs_from_args(build_parser().parse_args(["--model", "hw3_cnn", "--batch-norm"]))
+
+
+def test_sweep_batch_norm_on_and_off():
+    assert compare.parse_values("batch_norm", "on, off, on") == [True, False]
+    with pytest.raises(ValueError, match="not on or off"):
+        compare.parse_values("batch_norm", "maybe")
+    base = RunConfig(model="cnn", model_options=(("dropout", 0.3),))
+    configs = compare.sweep_configs(base, {"batch_norm": [False, True]}, group="bn")
+    assert [c.options() for c in configs] == [{"dropout": 0.3, "batch_norm": False},
+                                              {"dropout": 0.3, "batch_norm": True}]
+    assert compare.swept_settings(configs) == ["batch_norm"]
+    with pytest.raises(ValueError, match="no batch norm"):
+        compare.sweep_configs(RunConfig(model="hw3_cnn"), {"batch_norm": [True]}, group="x")
+    assert all("batch_norm" in MODELS[m].options for m in ("mlp", "cnn", "cnn_gap"))
