@@ -27,6 +27,7 @@ import pandas as pd
 
 from explore.config import RunConfig, flatten
 from explore.models import MODELS
+from explore.report import curves_frame
 from explore.store import ACTIVE_STATUSES, RunRecord, RunStore
 
 SPLITS = ("train", "val", "test", "train_dev")
@@ -177,18 +178,14 @@ def comparison_table(records: list[RunRecord], settings: Iterable[str] | None = 
 
 # ----- curves ---------------------------------------------------------------------------
 def curves(records: list[RunRecord]) -> pd.DataFrame:
-    """Long table of every epoch record: run_id, run (label), epoch, split, metric, value."""
+    """Long table of every epoch record: run_id, run (label), epoch, split, metric, value
+    (the same rows as report.curves_frame, learning rate included, with the run id)."""
     labels = run_labels(records)
-    rows = []
-    for r in records:
-        for m in r.metrics:
-            for split in SPLITS:
-                for metric, suffix in METRICS.items():
-                    value = m.get(f"{split}_{suffix}")
-                    if isinstance(value, (int, float)) and math.isfinite(value):
-                        rows.append({"run_id": r.run_id, "run": labels[r.run_id], "epoch": m.get("epoch"),
-                                     "split": split, "metric": metric, "value": float(value)})
-    return pd.DataFrame(rows, columns=["run_id", "run", "epoch", "split", "metric", "value"])
+    frames = [curves_frame(r.metrics, labels[r.run_id]).assign(run_id=r.run_id) for r in records if r.metrics]
+    columns = ["run_id", "run", "epoch", "split", "metric", "value"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
 
 
 def curves_chart(curve_rows: pd.DataFrame, metric: str = "accuracy", splits: Iterable[str] = ("train", "val", "test"),

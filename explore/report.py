@@ -22,18 +22,24 @@ SPLIT_LABELS = {"train": "train", "train_dev": "train-dev", "val": "val (site A)
 SPLIT_COLOURS = {"train": "#4c78a8", "train_dev": "#72b7b2", "val": "#f58518", "test": "#e45756"}
 METRICS = {"loss": "loss", "acc": "accuracy"}  # suffix in the epoch record -> metric name in frames
 CURVE_COLUMNS = ["epoch", "split", "metric", "value", "run"]
+LR_METRIC = "learning rate"
 
 
 def curves_frame(records: list[dict], run_label: str | None = None) -> pd.DataFrame:
     """Epoch records → long DataFrame(epoch, split, metric, value, run), one row per number.
 
-    `split` is train / train_dev / val / test, `metric` is "loss" or "accuracy". Records
-    that are not epoch records, and non-finite values, are left out (a chart cannot draw NaN).
+    `split` is train / train_dev / val / test, `metric` is "loss", "accuracy" or "learning rate"
+    (the rate the optimiser used during that epoch, split "train"). Records that are not epoch
+    records, and non-finite values, are left out (a chart cannot draw NaN).
     """
     rows = []
     for record in records:
         if record.get("kind", "epoch") != "epoch" or "epoch" not in record:
             continue
+        lr = record.get("lr")
+        if isinstance(lr, (int, float)) and math.isfinite(lr):
+            rows.append({"epoch": int(record["epoch"]), "split": "train", "metric": LR_METRIC, "value": float(lr),
+                         "run": run_label or ""})
         for split in SPLIT_ORDER:
             for suffix, metric in METRICS.items():
                 value = record.get(f"{split}_{suffix}")
@@ -72,6 +78,27 @@ def curves_chart(frame: pd.DataFrame, metric: str, height: int = 260) -> alt.Cha
             domain=present, range=[colours[p] for p in present]))
     chart = alt.Chart(data).mark_line(point=not several_runs).encode(**encodings)
     return chart.properties(height=height, title=f"{metric} per epoch")
+
+
+def lr_chart(frame: pd.DataFrame, height: int = 150) -> alt.Chart:
+    """The learning rate of every epoch, drawn under the loss curves (Train and Compare pages).
+
+    A step line on a log axis: StepLR shows its staircase, exponential decay a straight slope,
+    cosine a half wave. Takes either curves frame (report.curves_frame or compare.curves).
+    """
+    data = frame[frame["metric"] == LR_METRIC]
+    several_runs = data["run"].nunique() > 1
+    encodings = {
+        "x": alt.X("epoch:Q", title="epoch", axis=alt.Axis(format="d", tickMinStep=1)),
+        "y": alt.Y("value:Q", title="learning rate", scale=alt.Scale(type="log"), axis=alt.Axis(format="~e")),
+        "tooltip": [alt.Tooltip("run:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("value:Q", title="lr", format=".3~e")],
+    }
+    if several_runs:
+        encodings["color"] = alt.Color("run:N", title="run", scale=alt.Scale(scheme="tableau10"), legend=None)
+    else:
+        encodings["color"] = alt.value(SPLIT_COLOURS["train"])
+    chart = alt.Chart(data).mark_line(interpolate="step-after", point=True).encode(**encodings)
+    return chart.properties(height=height, title="learning rate per epoch")
 
 
 def progress(status: dict) -> tuple[float, str]:

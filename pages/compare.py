@@ -3,7 +3,7 @@ import time
 
 import streamlit as st
 
-from explore import compare
+from explore import compare, report
 from explore.store import StoreError
 from pages.common import job_manager, run_store, status_badge
 
@@ -70,6 +70,8 @@ else:
             st.altair_chart(chart, width="stretch")
             with st.popover(f"Save the {metric} chart"):
                 chart_downloads(chart, f"{metric}-curves", f"curves-{metric}")
+            if metric == "loss":  # the rate under the loss: StepLR's staircase lines up with the loss drops
+                st.altair_chart(report.lr_chart(curve_rows), width="stretch")
     st.caption("One colour per run, one dash style per split. Train accuracy is measured while training "
                "(dropout on); val and test use the weights at the end of each epoch.")
 

@@ -208,7 +208,7 @@ def live_view(run_ids: list[str], finished_before: set[str]) -> None:
         st.caption("The curves appear after the first epoch.")
         return
     loss_col, acc_col = st.columns(2)
-    for column, metric in ((loss_col, "loss"), (acc_col, "accuracy")):
+    for column, metric in ((loss_col, "loss"), (acc_col, "accuracy"), (loss_col, report.LR_METRIC)):
         column.vega_lite_chart(curves_spec(str(store.root), tuple(run_ids), epochs_so_far, metric), width="stretch")
 
 
@@ -219,6 +219,8 @@ def curves_spec(root: str, run_ids: tuple[str, ...], epochs_so_far: tuple[int, .
     of milliseconds. (epochs_so_far is there for the cache key: a new epoch, a new spec.)"""
     store_here = RunStore(root)  # root is this session's own runs folder
     records = [store_here.load(run_id) for run_id in run_ids]
+    if metric == report.LR_METRIC:  # under the loss curves: StepLR's staircase, cosine's half wave
+        return report.lr_chart(report.curves_for(records)).to_dict()
     return report.curves_chart(report.curves_for(records), metric).to_dict()
 
 
