@@ -208,7 +208,10 @@ def live_view(run_ids: list[str], finished_before: set[str]) -> None:
         st.caption("The curves appear after the first epoch.")
         return
     loss_col, acc_col = st.columns(2)
-    for column, metric in ((loss_col, "loss"), (acc_col, "accuracy"), (loss_col, report.LR_METRIC)):
+    charts = [(loss_col, "loss"), (acc_col, "accuracy")]
+    if any("lr" in m for r in records for m in r.metrics):  # runs from before the lr was recorded have none
+        charts.append((loss_col, report.LR_METRIC))
+    for column, metric in charts:
         column.vega_lite_chart(curves_spec(str(store.root), tuple(run_ids), epochs_so_far, metric), width="stretch")
 
 
