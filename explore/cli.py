@@ -13,6 +13,7 @@ COMMANDS = {
     "models": ("explore.models_cli", "list registered models with parameters and MACs"),
     "train": ("explore.train_cli", "train a model or a homework preset; JSON lines per epoch"),
     "presets": ("explore.presets", "list the homework presets"),
+    "lr-find": ("explore.lr_finder", "learning-rate range test: loss against a rising rate, a suggested rate"),
     "fetch-weights": ("explore.transfer", "download ImageNet weights into the torch hub cache"),
     "attribute": ("explore.attribution", "write saliency overlays for a finished run"),
     "mismatch": ("explore.mismatch", "internal vs external metrics and the error decomposition"),

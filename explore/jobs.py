@@ -43,6 +43,13 @@ def execute_run(store: RunStore, run_id: str, should_stop: Callable[[], bool] = 
     run = None
     try:
         run = make_run(config)
+        if run.weights_name is not None:  # a transfer run whose weights turned out random says so in its name
+            from explore.transfer import relabel_if_random
+
+            honest = relabel_if_random(config, run.weights_name)
+            if honest is not None:
+                config = honest
+                store.replace_config(run_id, config)
         store.set_status(run_id, message="training", setup_seconds=run.setup_seconds, weights=run.weights_name)
         last_write = 0.0
         for item in run.fit(should_stop):

@@ -82,22 +82,22 @@ def configs_from_args(args) -> list[RunConfig]:
     return out
 
 
-def honest_weights(config: RunConfig) -> RunConfig:
-    """A transfer run whose ImageNet weights cannot be had is named '(random init)', and the user is told why."""
-    if MODELS[config.model].family != "transfer":
-        return config
-    from explore.transfer import resolve_pretrained
+def honest_weights(configs: list[RunConfig]) -> list[RunConfig]:
+    """Transfer runs whose ImageNet weights cannot be had are named '(random init)', and the user is told why."""
+    if not any(MODELS[c.model].family == "transfer" for c in configs):
+        return configs  # no torchvision import for the course models
+    from explore.transfer import honest_configs
 
-    config, message = resolve_pretrained(config)
-    if message:
+    configs, messages = honest_configs(configs)
+    for message in messages:
         print(f"note: {message}", file=sys.stderr)
-    return config
+    return configs
 
 
 def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        configs = [honest_weights(config) for config in configs_from_args(args)]
+        configs = honest_weights(configs_from_args(args))
         store = RunStore(args.runs_dir)
         store.ensure_writable()
     except (ValueError, DataError, StoreError) as error:

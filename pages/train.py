@@ -4,6 +4,7 @@ Training runs in the server's job queue, not in this script: changing a widget, 
 pages or refreshing the browser never stops or restarts it. The run ids sit in the URL
 (?run=...), so a refresh finds them again.
 """
+import math
 from dataclasses import replace
 
 import streamlit as st
@@ -16,7 +17,7 @@ from explore.presets import PRESETS
 from explore.settings import NotAllowed, apply_limits, check_sweep_allowed
 from explore.share import decode_config, encode_config, export_run_bundle, import_run_bundle
 from explore.store import RunStore, StoreError
-from pages.common import app_settings, current_data_spec, job_manager, run_store, status_badge
+from pages.common import app_settings, bundle_or_stop, current_data_spec, job_manager, run_store, status_badge
 
 LEARNING_RATES = [1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0]
 WEIGHT_DECAYS = [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0]
@@ -76,6 +77,7 @@ def custom_config() -> RunConfig | None:
         if "batch_norm" in MODELS[model].options:
             options["batch_norm"] = st.checkbox("Batch norm", key="batch_norm",
                                                 help="BatchNorm after each hidden layer or convolution")
+        transfer_settings = transfer_options(model)
         two_classes = spec.num_classes == 2
         loss = st.radio("Loss", ["bce", "ce"] if two_classes else ["ce"], horizontal=True, key="loss",
                         format_func={"bce": "BCE (1 output)", "ce": "cross-entropy (K outputs)"}.get)
@@ -92,6 +94,9 @@ def custom_config() -> RunConfig | None:
         optimizer = st.selectbox("Optimiser", list(OPTIMIZERS), index=3, format_func=OPTIMIZERS.get, key="optimizer")
         nesterov = optimizer == "momentum" and st.checkbox("Nesterov", key="nesterov")
         lr = st.select_slider("Learning rate", LEARNING_RATES, value=1e-3, format_func="{:g}".format, key="lr")
+        find_lr = st.button("🔎 Find a learning rate", key="find_lr",
+                            help="A short range test on a copy of this model: the learning rate rises "
+                                 "exponentially batch by batch while the loss is recorded. It never trains your run.")
         weight_decay = st.select_slider("Weight decay", WEIGHT_DECAYS, value=0.0, format_func="{:g}".format,
                                         key="weight_decay")
         scheduler = st.selectbox("Schedule", list(SCHEDULERS), format_func=SCHEDULERS.get, key="scheduler")
@@ -116,15 +121,86 @@ def custom_config() -> RunConfig | None:
         input_norm = st.selectbox("Input normalisation", list(NORMS), format_func=NORMS.get, key="input_norm",
                                   help="How pixels are standardised before the model; statistics come from "
                                        "the training split only, so val and test never leak in.")
+        train_dev = st.number_input("Hold out a train-dev set (%)", 0, 40, 0, 5, key="train_dev",
+                                    help="This share of the training images is never trained on: the Mismatch "
+                                         "page then splits the error into avoidable bias, variance, overfitting "
+                                         "to val and data mismatch.")
+
+    def build() -> RunConfig:
+        return RunConfig(
+            data=spec, model=model, model_options=tuple(options.items()), loss=loss, class_weights=class_weights,
+            optimizer=optimizer, nesterov=bool(nesterov), lr=lr, weight_decay=weight_decay, scheduler=scheduler,
+            step_size=int(step_size), gamma=float(gamma), batch_size=batch_size, epochs=int(epochs),
+            early_stopping_patience=int(patience), restore_best=restore_best, augment=tuple(augment),
+            input_norm=input_norm, train_dev_fraction=train_dev / 100, seed=int(seed), device=device,
+            precision=precision, name=name or automatic_name(model, options, optimizer, lr), **transfer_settings)
+
+    lr_finder_panel(build, find_lr)
     if not st.button("Train", type="primary", key="train_custom"):
         return None
-    return RunConfig(
-        data=spec, model=model, model_options=tuple(options.items()), loss=loss, class_weights=class_weights,
-        optimizer=optimizer, nesterov=bool(nesterov), lr=lr, weight_decay=weight_decay, scheduler=scheduler,
-        step_size=int(step_size), gamma=float(gamma), batch_size=batch_size, epochs=int(epochs),
-        early_stopping_patience=int(patience), restore_best=restore_best, augment=tuple(augment),
-        input_norm=input_norm, seed=int(seed), device=device, precision=precision,
-        name=name or f"{model} · {OPTIMIZERS[optimizer]} lr {lr:g}")
+    return build()
+
+
+def automatic_name(model: str, options: dict, optimizer: str, lr: float) -> str:
+    return f"{model}{' + batch norm' if options.get('batch_norm') else ''} · {OPTIMIZERS[optimizer]} lr {lr:g}"
+
+
+def transfer_options(model: str) -> dict:
+    """For a pretrained backbone: how to transfer, and — before anything is queued — whether the ImageNet
+    weights are here (if not, the run trains from random weights and is named '(random init)')."""
+    if MODELS[model].family != "transfer":
+        return {}
+    from explore import transfer
+
+    mode = st.selectbox("Transfer mode", transfer.MODES, index=1, format_func=transfer.MODE_TITLES.get,
+                        key="transfer_mode")
+    head = st.radio("New head", ["course", "linear"], horizontal=True, key="transfer_head")
+    scale = st.select_slider("Backbone lr = lr ×", [0.01, 0.1, 0.3, 1.0], value=0.1, key="backbone_lr_scale")
+    status = weights_status(model)
+    if not (status["available"] or status["downloadable"]):
+        st.warning(f"{status['message']}\n\nThis run will be named **… (random init)**.")
+    return {"transfer_mode": mode, "transfer_head": head, "backbone_lr_scale": float(scale)}
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def weights_status(model: str) -> dict:
+    """Cached for a minute: the network check takes up to two seconds and the form reruns on every click."""
+    from explore import transfer
+
+    return transfer.weights_status(model, check_network=True)
+
+
+def lr_finder_panel(build, clicked: bool) -> None:
+    """The LR finder's result under the form, with a button that copies the suggestion into the LR field."""
+    from explore import lr_finder
+
+    if clicked:
+        try:
+            config, _ = apply_limits(settings, build())
+            with st.spinner("Range test: 100 batches with a rising learning rate, on a copy of the model…"):
+                result = lr_finder.find_lr(config, bundle_or_stop(config.data))
+            st.session_state["lr_finder"] = result | {"for": config.model}
+        except (ValueError, NotAllowed) as error:
+            st.error(f"Cannot run the range test: {error}")
+    result = st.session_state.get("lr_finder")
+    if not result:
+        return
+    with st.expander(f"🔎 Learning-rate range test ({result['for']})", expanded=True):
+        chart_col, text_col = st.columns([3, 2])
+        chart_col.altair_chart(lr_finder.chart(result), width="stretch")
+        suggested = result["suggested_lr"]
+        text_col.markdown(f"**Suggested learning rate: {suggested:.1e}** — {result['rule']}."
+                          + (f"  \nSteepest descent at {result['steepest_lr']:.1e}." if result["steepest_lr"] else ""))
+        text_col.caption("The loss barely moves while the rate is tiny, falls fastest in the useful range, then "
+                         "blows up. The test trained a throw-away copy; your run starts fresh.")
+        nearest = min(LEARNING_RATES, key=lambda v: abs(math.log10(v) - math.log10(suggested))) if suggested else None
+        if nearest is not None:
+            text_col.button(f"Use {nearest:g}", key="use_suggested_lr", on_click=set_lr, args=(nearest,),
+                            help="The nearest value on the learning-rate slider")
+
+
+def set_lr(value: float) -> None:
+    st.session_state["lr"] = value  # in a button callback: before the slider is drawn again
 
 
 def shared_config() -> RunConfig | None:
@@ -140,6 +216,18 @@ def shared_config() -> RunConfig | None:
     return config if st.button("Train this configuration", type="primary", key="train_shared") else None
 
 
+def honest_weights(configs: list[RunConfig]) -> list[RunConfig]:
+    """Transfer runs without their ImageNet weights are renamed '(random init)' before they are queued."""
+    if not any(MODELS[c.model].family == "transfer" for c in configs):
+        return configs
+    from explore.transfer import honest_configs
+
+    configs, messages = honest_configs(configs)
+    for message in messages:
+        st.warning(message)
+    return configs
+
+
 def submit(build) -> None:
     """Queue the runs the form built; their ids go into the URL so a refresh finds them.
     In demo mode runs are capped (epochs, image size) and the page says what was changed."""
@@ -149,6 +237,7 @@ def submit(build) -> None:
             return
         configs = configs if isinstance(configs, list) else [configs]
         check_sweep_allowed(settings, len(configs))
+        configs = honest_weights(configs)
         limited = [apply_limits(settings, config) for config in configs]
         run_ids = manager.submit(store, [config for config, _ in limited])
     except (ValueError, StoreError, NotAllowed) as error:

@@ -44,3 +44,31 @@ def test_sweep_batch_norm_on_and_off():
     with pytest.raises(ValueError, match="no batch norm"):
         compare.sweep_configs(RunConfig(model="hw3_cnn"), {"batch_norm": [True]}, group="x")
     assert all("batch_norm" in MODELS[m].options for m in ("mlp", "cnn", "cnn_gap"))
+
+
+def test_a_transfer_run_that_got_random_weights_is_relabelled():
+    from explore.transfer import RANDOM, honest_configs, relabel_if_random
+
+    asked = RunConfig(model="resnet18", name="ResNet-18 · finetune")
+    relabelled = relabel_if_random(asked, RANDOM)
+    assert relabelled.name == "ResNet-18 · finetune (random init)" and relabelled.pretrained is False
+    assert relabel_if_random(asked, "IMAGENET1K_V1") is None  # the weights were there: nothing to say
+    assert relabel_if_random(relabelled, RANDOM) is None  # already honest
+    course = RunConfig(model="hw3_cnn", name="x")
+    assert honest_configs([course], check_network=False) == ([course], [])
+
+
+def test_lr_finder_reference(tiny_bundle):
+    from explore import lr_finder
+
+    test = lr_finder.RangeTest(1e-5, 1.0, 11)
+    assert [round(test.lr_at(i), 12) for i in (0, 5, 10)] == [1e-5, round(10 ** -2.5, 12), 1.0]
+    points = [{"lr": 10.0 ** e, "loss": loss} for e, loss in zip(range(-5, 1), (0.70, 0.69, 0.60, 0.40, 0.35, 2.0))]
+    assert lr_finder.suggest(points) == pytest.approx(1e-1 / 10)  # a tenth of the rate at the lowest loss
+    assert lr_finder.steepest(points) == pytest.approx(1e-3)  # 0.60 → 0.40 is the steepest fall
+    config = RunConfig(model="cnn", batch_size=16)
+    result = lr_finder.find_lr(config, tiny_bundle, test=lr_finder.RangeTest(1e-5, 10.0, 40))
+    assert 5 < len(result["points"]) <= 40 and result["rule"] == lr_finder.RULE
+    assert result["suggested_lr"] == pytest.approx(min(result["points"], key=lambda p: p["loss"])["lr"] / 10)
+    lrs = [p["lr"] for p in result["points"]]
+    assert lrs == sorted(lrs)
