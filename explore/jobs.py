@@ -22,6 +22,7 @@ import torch
 
 from explore.config import RunConfig
 from explore.device import reuse_freed_memory
+from explore.reproduce import code_version
 from explore.store import RunStore, StoreError
 
 STATUS_WRITE_INTERVAL_S = 0.5  # live progress is written at most this often (keeps polling cheap)
@@ -66,6 +67,7 @@ def execute_run(store: RunStore, run_id: str, should_stop: Callable[[], bool] = 
         predictions = run.predictions() if run.data else None
         summary = run.summary(predictions)
         summary["run_id"] = run_id
+        summary["code_version"] = code_version()  # what a student hands in says which code produced it
         store.save_results(run_id, summary, run.model.state_dict() if run.status != "failed" else None,
                            predictions)
         store.set_status(run_id, status=run.status, message=run.message, finished=time.time())

@@ -141,6 +141,37 @@ def metrics_table(summary: dict | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["split", "accuracy", "AUC", "sensitivity", "specificity", "images"])
 
 
+def per_class_table(summary: dict | None, classes: list[str] | None = None) -> pd.DataFrame:
+    """Per split and class: precision, recall, F1 and images (from each split's confusion matrix, so runs
+    stored before per-class numbers were saved get them too). With three classes this is the report's table."""
+    from explore.metrics import per_class
+
+    summary = summary or {}
+    classes = list(classes or summary.get("classes") or [])
+    rows = []
+    for split in SPLIT_ORDER:
+        confusion = ((summary.get("splits") or {}).get(split) or {}).get("confusion")
+        if not confusion:
+            continue
+        names = classes if len(classes) == len(confusion) else [str(k) for k in range(len(confusion))]
+        for name, numbers in zip(names, per_class(confusion)):
+            rows.append({"split": SPLIT_LABELS.get(split, split), "class": name, **numbers})
+    return pd.DataFrame(rows, columns=["split", "class", "precision", "recall", "f1", "support"])
+
+
+def cell_examples(predictions: dict[str, torch.Tensor], cell: tuple[int, int], limit: int = 8) -> list[int]:
+    """Indices of the images in one confusion-matrix cell (true, predicted), most confident mistakes first
+    (the Saliency page's selection, for the Train page's matrix)."""
+    from explore.attribution import outcomes, select
+
+    outcome = outcomes(predictions["probs"], predictions["labels"])
+    how = "top_losses" if cell[0] != cell[1] else "cell"
+    if how == "top_losses":  # wrong cells: keep only this cell's mistakes, ordered by loss
+        index = select(outcome, "top_losses", None, len(outcome["labels"]))
+        return [i for i in index if (int(outcome["labels"][i]), int(outcome["predicted"][i])) == tuple(cell)][:limit]
+    return select(outcome, "cell", cell, limit)
+
+
 def confusion_frame(confusion: list[list[int]], classes: list[str]) -> pd.DataFrame:
     """K×K counts (rows true, columns predicted) → long DataFrame(true, predicted, count, share)."""
     rows = []

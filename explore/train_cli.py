@@ -41,6 +41,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--dropout", type=float, help="for models that take a dropout option")
     p.add_argument("--batch-norm", action="store_true", help="BatchNorm layers in mlp, cnn or cnn_gap")
+    p.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="any option the model's builder takes, e.g. width=128 (repeatable; see `models`)")
+    p.add_argument("--no-eval-test", action="store_true", help="skip the test split during training")
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
     p.add_argument("--no-restore-best", action="store_true", help="with early stopping: keep the last weights")
     p.add_argument("--augment", nargs="*", choices=AUGMENTATIONS)
@@ -84,7 +87,8 @@ FLAG_TO_FIELD = {"loss": "loss", "optimizer": "optimizer", "lr": "lr", "weight_d
                  "momentum": "momentum", "train_dev": "train_dev_fraction", "transfer_head": "transfer_head",
                  "backbone_lr_scale": "backbone_lr_scale", "frozen_epochs": "frozen_epochs", "group": "group"}
 SWITCHES = {"class_weights": ("class_weights", True), "nesterov": ("nesterov", True),
-            "no_pretrained": ("pretrained", False), "no_restore_best": ("restore_best", False)}
+            "no_pretrained": ("pretrained", False), "no_restore_best": ("restore_best", False),
+            "no_eval_test": ("eval_test", False)}
 
 
 def configs_from_args(args) -> list[RunConfig]:
@@ -111,6 +115,28 @@ def synthetic_knobs(args) -> dict[str, float]:
     return knobs
 
 
+def model_options(items: list[str]) -> dict:
+    """['width=128', 'batch_norm=True'] → {'width': 128, 'batch_norm': True} (the builder checks the names)."""
+    options = {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--model-option {item!r}: write NAME=VALUE, e.g. width=128")
+        options[name.strip()] = _typed(text.strip())
+    return options
+
+
+def _typed(text: str):
+    if text in ("True", "False", "true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def apply_args(config: RunConfig, args) -> RunConfig:
     """One base config (a preset run, a model's defaults, a stored run) changed by the given flags."""
     changes = {field: getattr(args, flag) for flag, field in FLAG_TO_FIELD.items() if getattr(args, flag) is not None}
@@ -126,7 +152,7 @@ def apply_args(config: RunConfig, args) -> RunConfig:
         changes["data"] = DataSpec.from_dict(config.data.to_dict() | data).with_knobs(**knobs)
     if args.classes == 3 and args.loss is None:
         changes["loss"] = "ce"  # three classes need K outputs; say so by doing the only thing that works
-    options = dict(config.model_options)
+    options = dict(config.model_options) | model_options(args.model_option)
     if args.dropout is not None:
         options["dropout"] = args.dropout
     if args.batch_norm:

@@ -29,6 +29,7 @@ NORMS = {"dataset": "train-set mean/std", "per_image": "per image", "histeq": "h
 PERCENT_COLUMNS = {name: st.column_config.NumberColumn(format="percent")
                    for name in ("accuracy", "sensitivity", "specificity", "val acc", "test acc")}
 PERCENT_COLUMNS["AUC"] = st.column_config.NumberColumn(format="%.3f")
+PER_CLASS_COLUMNS = {name: st.column_config.NumberColumn(format="percent") for name in ("precision", "recall", "f1")}
 HEADLINE = [("val accuracy", "val", "acc"), ("test accuracy", "test", "acc"), ("test AUC", "test", "auc"),
             ("test sensitivity", "test", "sensitivity")]  # (label, split, key in summary["splits"][split])
 
@@ -329,18 +330,84 @@ def final_results(record) -> None:
         value = summary["splits"].get(split, {}).get(key)
         col.metric(label, "—" if value is None else f"{value:.1%}" if key != "auc" else f"{value:.3f}")
     st.dataframe(table, hide_index=True, column_config=PERCENT_COLUMNS)
+    classes = summary.get("classes", [])
+    per_class = report.per_class_table(summary)
+    if len(classes) > 2:  # three classes: the report a student hands in is per class
+        st.markdown("**Per class** (precision: right when it says so; recall: found of those there; F1: both)")
+        st.dataframe(per_class, hide_index=True, column_config=PER_CLASS_COLUMNS)
     matrix_cols = st.columns([1.1, 1.1, 1.3], gap="medium")
     for col, split in zip(matrix_cols, ("val", "test")):
         if split in summary["splits"]:
-            frame = report.confusion_frame(summary["splits"][split]["confusion"], summary.get("classes", []))
-            col.altair_chart(report.confusion_chart(frame, f"confusion · {report.SPLIT_LABELS[split]}"),
-                             width="content")
+            frame = report.confusion_frame(summary["splits"][split]["confusion"], classes)
+            with col:
+                st.altair_chart(report.confusion_chart(frame, f"confusion · {report.SPLIT_LABELS[split]}"),
+                                width="content")
+                cell_buttons(record.run_id, split, summary["splits"][split]["confusion"], classes)
     try:
         roc, aucs = report.roc_frame(store.load_predictions(record.run_id))
         matrix_cols[2].altair_chart(report.roc_chart(roc, aucs), width="stretch")
     except StoreError as error:
         matrix_cols[2].caption(f"No ROC curve: {error}")
+    cell_images(record)
+    if len(classes) <= 2 and not per_class.empty:
+        with st.expander("Per class: precision, recall, F1"):
+            st.dataframe(per_class, hide_index=True, column_config=PER_CLASS_COLUMNS)
+    run_settings(record)
     share_run(record)
+
+
+def cell_buttons(run_id: str, split: str, confusion: list[list[int]], classes: list[str]) -> None:
+    """One button per confusion-matrix cell, laid out like the matrix: a click shows that cell's X-rays."""
+    from explore.attribution import cell_name
+
+    st.caption("Open a cell's X-rays:")
+    for t, row in enumerate(confusion):
+        for p, (column, count) in enumerate(zip(st.columns(len(row)), row)):
+            column.button(f"{cell_name(t, p, tuple(classes))} · {count}", key=f"cell-{run_id}-{split}-{t}-{p}",
+                          help=f"true {classes[t]}, predicted {classes[p]}", disabled=count == 0, width="stretch",
+                          on_click=pick_cell, args=(run_id, split, t, p))
+
+
+def pick_cell(run_id: str, split: str, true: int, predicted: int) -> None:
+    st.session_state["train_cell"] = (run_id, split, true, predicted)
+
+
+def cell_images(record) -> None:
+    """The X-rays of the confusion-matrix cell picked above (mistakes: most confident first)."""
+    picked = st.session_state.get("train_cell")
+    if not picked or picked[0] != record.run_id or record.config is None:
+        return
+    _, split, t, p = picked
+    classes = (record.summary or {}).get("classes", [])
+    try:
+        predictions = store.load_predictions(record.run_id)[split]
+    except (StoreError, KeyError) as error:
+        st.caption(f"No predictions to open: {error}")
+        return
+    images = bundle_or_stop(record.config.data).splits[split]
+    if len(images) != len(predictions["labels"]):
+        st.warning("The dataset changed since this run trained: its images no longer match the predictions.")
+        return
+    index = report.cell_examples(predictions, (t, p), limit=8)
+    st.markdown(f"**{report.SPLIT_LABELS[split]} · true {classes[t]}, predicted {classes[p]}** "
+                f"({len(index)} shown{', most confident mistakes first' if t != p else ''})")
+    scores = predictions["probs"]
+    for column, i in zip(st.columns(max(len(index), 1)), index):
+        score = float(scores[i]) if scores.ndim == 1 else 1 - float(scores[i, 0])
+        column.image(report.grey(images.images[i]), caption=f"{images.ids[i].rsplit('/', 1)[-1]} · "
+                                                          f"P(disease) {score:.2f}", width="stretch")
+
+
+def run_settings(record) -> None:
+    """Everything that decided the run, and the command that reruns it: what a student hands in."""
+    if record.config is None:
+        return
+    from explore.reproduce import reproduce_command, settings_rows
+
+    with st.expander("All settings, and how to reproduce this run"):
+        st.code(reproduce_command(record.config), language="bash", wrap_lines=True)
+        st.caption("Run this in the project folder to train the same run again (same seeds, same data).")
+        st.dataframe(settings_rows(record.config, record.summary), hide_index=True, width="stretch")
 
 
 def share_run(record) -> None:

@@ -79,3 +79,35 @@ def test_missing_imagenet_weights_are_said_before_queueing_and_in_the_name(store
     (record,) = [store.load(i) for i in store.run_ids()]
     assert record.config.name.endswith("(random init)") and record.config.pretrained is False
     assert record.label.endswith("(random init)")
+
+
+def test_three_classes_report_per_class_open_cells_and_reproduce(store):
+    import shlex
+
+    from explore.train_cli import build_parser, configs_from_args
+
+    at = AppTest.from_file(TRAIN_PAGE, default_timeout=120)
+    at.session_state["data_spec"] = DataSpec(image_size=32, seed=1515, num_classes=3)
+    at.run()
+    at.selectbox(key="model").set_value("cnn").run()
+    at.number_input(key="epochs").set_value(2)
+    click(at, "train_custom")
+    pages.common.job_manager().wait_idle(120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    (run_id,) = store.run_ids()
+    per_class = next(d.value for d in at.dataframe if "f1" in d.value.columns)
+    assert list(per_class["class"][:3]) == ["NORMAL", "BACTERIAL", "VIRAL"]
+    summary = store.load(run_id).summary
+    confusion = summary["splits"]["test"]["confusion"]
+    assert len(confusion) == 3 and all(len(row) == 3 for row in confusion)
+    # a cell with images opens them
+    t, p = next((t, p) for t in range(3) for p in range(3) if confusion[t][p])
+    click(at, f"cell-{run_id}-test-{t}-{p}")
+    assert len(at.get("image")) >= 1
+    assert any("true " in m.value and "predicted " in m.value for m in at.markdown)
+    # the reproduce command trains the same settings
+    (command,) = [c.value for c in at.code if "python -m explore train" in c.value]
+    (again,) = configs_from_args(build_parser().parse_args(shlex.split(command)[4:]))
+    assert again == store.load(run_id).config
+    assert summary["code_version"].startswith("0.")
