@@ -80,7 +80,7 @@ def curves_chart(frame: pd.DataFrame, metric: str, height: int = 260) -> alt.Cha
     return chart.properties(height=height, title=f"{metric} per epoch")
 
 
-def lr_chart(frame: pd.DataFrame, height: int = 150) -> alt.Chart:
+def lr_chart(frame: pd.DataFrame, height: int = 240) -> alt.Chart:
     """The learning rate of every epoch, drawn under the loss curves (Train and Compare pages).
 
     A step line on a log axis: StepLR shows its staircase, exponential decay a straight slope,
@@ -156,7 +156,10 @@ def per_class_table(summary: dict | None, classes: list[str] | None = None) -> p
         names = classes if len(classes) == len(confusion) else [str(k) for k in range(len(confusion))]
         for name, numbers in zip(names, per_class(confusion)):
             rows.append({"split": SPLIT_LABELS.get(split, split), "class": name, **numbers})
-    return pd.DataFrame(rows, columns=["split", "class", "precision", "recall", "f1", "support"])
+    table = pd.DataFrame(rows, columns=["split", "class", "precision", "recall", "f1", "support"])
+    for column in ("precision", "recall", "f1"):  # None (never predicted / absent) → NaN: an empty cell
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
+    return table
 
 
 def cell_examples(predictions: dict[str, torch.Tensor], cell: tuple[int, int], limit: int = 8) -> list[int]:
@@ -186,8 +189,9 @@ def confusion_frame(confusion: list[list[int]], classes: list[str]) -> pd.DataFr
 def confusion_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
     """Heatmap with the count written in each cell; colour = share of the true class."""
     order = list(dict.fromkeys(frame["true"]))
+    cell_px = 80 if len(order) <= 2 else 56  # three classes fit the same column
     base = alt.Chart(frame).encode(
-        x=alt.X("predicted:N", sort=order, title="predicted", axis=alt.Axis(labelAngle=0)),
+        x=alt.X("predicted:N", sort=order, title="predicted", axis=alt.Axis(labelAngle=0 if cell_px == 80 else -35)),
         y=alt.Y("true:N", sort=order, title="true"),
     )
     cells = base.mark_rect().encode(
@@ -197,7 +201,7 @@ def confusion_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
         text="count:Q",
         color=alt.condition(alt.datum["share of true class"] > 0.5, alt.value("white"), alt.value("black")))
     # "pad": the natural size (80 × 52 px per cell), not squeezed to fit a narrow column.
-    return (cells + text).properties(title=title, width=alt.Step(80), height=alt.Step(52),
+    return (cells + text).properties(title=title, width=alt.Step(cell_px), height=alt.Step(52 if cell_px == 80 else 40),
                                      autosize=alt.AutoSizeParams(type="pad"))
 
 

@@ -38,6 +38,8 @@ def _flag(name: str) -> str:
 
 
 def _value(value) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e6:
+        return str(int(value))  # 80 images, not 80.0
     return str(value)  # Python's float repr is the shortest text that reads back as the same number
 
 

@@ -68,10 +68,11 @@ else:
         with column:
             chart = compare.curves_chart(curve_rows, metric, splits or ["val"])
             st.altair_chart(chart, width="stretch")
+            if metric == "loss" and (curve_rows.metric == report.LR_METRIC).any():
+                # the rate under the loss: StepLR's staircase lines up with the drops in the loss
+                st.altair_chart(report.lr_chart(curve_rows), width="stretch")
             with st.popover(f"Save the {metric} chart"):
                 chart_downloads(chart, f"{metric}-curves", f"curves-{metric}")
-            if metric == "loss" and (curve_rows.metric == report.LR_METRIC).any():  # the rate under the loss: StepLR's staircase lines up with the loss drops
-                st.altair_chart(report.lr_chart(curve_rows), width="stretch")
     st.caption("One colour per run, one dash style per split. Train accuracy is measured while training "
                "(dropout on); val and test use the weights at the end of each epoch.")
 

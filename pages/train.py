@@ -360,10 +360,11 @@ def cell_buttons(run_id: str, split: str, confusion: list[list[int]], classes: l
     """One button per confusion-matrix cell, laid out like the matrix: a click shows that cell's X-rays."""
     from explore.attribution import cell_name
 
-    st.caption("Open a cell's X-rays:")
+    st.caption("Open a cell's X-rays" + (" (laid out like the matrix):" if len(classes) > 2 else ":"))
     for t, row in enumerate(confusion):
         for p, (column, count) in enumerate(zip(st.columns(len(row)), row)):
-            column.button(f"{cell_name(t, p, tuple(classes))} · {count}", key=f"cell-{run_id}-{split}-{t}-{p}",
+            label = f"{cell_name(t, p, tuple(classes))} · {count}" if len(classes) == 2 else str(count)
+            column.button(label, key=f"cell-{run_id}-{split}-{t}-{p}",
                           help=f"true {classes[t]}, predicted {classes[p]}", disabled=count == 0, width="stretch",
                           on_click=pick_cell, args=(run_id, split, t, p))
 
@@ -392,7 +393,7 @@ def cell_images(record) -> None:
     st.markdown(f"**{report.SPLIT_LABELS[split]} · true {classes[t]}, predicted {classes[p]}** "
                 f"({len(index)} shown{', most confident mistakes first' if t != p else ''})")
     scores = predictions["probs"]
-    for column, i in zip(st.columns(max(len(index), 1)), index):
+    for column, i in zip(st.columns(8), index):  # thumbnails: eight to a row whatever the count
         score = float(scores[i]) if scores.ndim == 1 else 1 - float(scores[i, 0])
         column.image(report.grey(images.images[i]), caption=f"{images.ids[i].rsplit('/', 1)[-1]} · "
                                                           f"P(disease) {score:.2f}", width="stretch")
