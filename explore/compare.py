@@ -353,7 +353,9 @@ def sweep_chart(results: pd.DataFrame, settings: list[str], metric: str = "test_
     positive = bool(len(data)) and bool((data[x_setting] > 0).all())
     scale = alt.Scale(type="log") if x_setting in LOG_SCALE_SETTINGS and positive else alt.Scale(zero=False)
     encoding = dict(
-        x=alt.X(f"{x_setting}:Q", title=SWEEP_SETTINGS[x_setting][0], scale=scale),
+        # on/off settings (batch norm) are two categories, not a number line
+        x=(alt.X(f"{x_setting}:N", title=SWEEP_SETTINGS[x_setting][0]) if SWEEP_SETTINGS[x_setting][1] is bool
+           else alt.X(f"{x_setting}:Q", title=SWEEP_SETTINGS[x_setting][0], scale=scale)),
         y=alt.Y(f"{metric}:Q", title=metric.replace("_", " "), axis=alt.Axis(format="%"),
                 scale=alt.Scale(zero=False)),
         tooltip=["run", *settings, alt.Tooltip(f"{metric}:Q", format=".3f")],

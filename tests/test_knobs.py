@@ -95,3 +95,11 @@ def test_a_run_queued_with_imagenet_weights_that_trains_from_random_says_so(tmp_
     record = store.load(run_id)
     assert record.label == "MobileNet · frozen (random init)" and record.config.pretrained is False
     assert record.summary["weights"] == "random"
+
+
+def test_a_batch_norm_sweep_charts_on_and_off_as_categories():
+    import pandas as pd
+
+    results = pd.DataFrame({"run": ["a", "b"], "batch_norm": [False, True], "test_acc": [0.7, 0.8]})
+    spec = compare.sweep_chart(results, ["batch_norm"]).to_dict()
+    assert spec["encoding"]["x"]["type"] == "nominal"
