@@ -107,10 +107,18 @@ def model_profile(model: nn.Module, size: int) -> dict:
     return {"macs": total_macs, "params": total_params, "layers": layers}
 
 
-def build_for_profile(name: str, size: int, num_outputs: int = 1) -> nn.Module:
-    """A freshly built registry model (transfer backbones without downloading weights)."""
+def build_for_profile(name: str, size: int, num_outputs: int = 1, batch_norm: bool = False) -> nn.Module:
+    """A freshly built registry model (transfer backbones without downloading weights); `batch_norm`
+    switches BatchNorm on in the models that take it (mlp, cnn, cnn_gap)."""
     options = {"pretrained": False} if MODELS[name].family == "transfer" else {}
+    if batch_norm and "batch_norm" in MODELS[name].options:
+        options["batch_norm"] = True
     return build_model(name, size, num_outputs, **options)
+
+
+def profile_label(name: str, batch_norm: bool) -> str:
+    """'cnn + batch norm' when batch norm was switched on for a model that takes it."""
+    return f"{name} + batch norm" if batch_norm and "batch_norm" in MODELS[name].options else name
 
 
 def first_layer_weights(profile: dict, model: nn.Module) -> dict:
@@ -132,30 +140,32 @@ def first_layer_weights(profile: dict, model: nn.Module) -> dict:
     return {"layer": None, "type": None, "weights": 0, "biases": 0, "total": 0, "formula": "no Linear/Conv2d layer"}
 
 
-def profile_architectures(names: Iterable[str], size: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(totals, layers) for several registry models at one input size.
+def profile_architectures(names: Iterable[str], size: int, batch_norm: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(totals, layers) for several registry models at one input size (with `batch_norm`, the models
+    that take it are built with BatchNorm layers, and their γ/β parameters are counted).
 
-    totals: model, family, description, params, macs, first_layer, first_layer_weights, first_layer_formula, error
+    totals: model, family, batch_norm (has BatchNorm layers), description, params, macs, first_layer, first_layer_weights, first_layer_formula, error
     layers: model, name, type, output_shape ("32×128×128"), params, macs
     """
     totals, layers = [], []
     for name in names:
         try:
-            model = build_for_profile(name, size)
+            model = build_for_profile(name, size, batch_norm=batch_norm)
             profile = model_profile(model, size)
         except Exception as error:  # e.g. an image too small for three poolings, or a backbone missing
             totals.append({"model": name, "family": MODELS[name].family, "description": MODELS[name].description,
                            "error": str(error)[:300]})
             continue
         first = first_layer_weights(profile, model)
-        totals.append({"model": name, "family": MODELS[name].family, "description": MODELS[name].description,
-                       "params": profile["params"],
+        has_bn = any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model.modules())
+        totals.append({"model": name, "family": MODELS[name].family, "batch_norm": has_bn,
+                       "description": MODELS[name].description, "params": profile["params"],
                        "macs": profile["macs"], "first_layer": f"{first['layer']} ({first['type']})",
                        "first_layer_weights": first["total"], "first_layer_formula": first["formula"],
                        "error": None})
         for row in profile["layers"]:
             layers.append({"model": name, **row, "output_shape": "×".join(map(str, row["output_shape"]))})
-    total_columns = ["model", "family", "description", "params", "macs", "first_layer", "first_layer_weights",
+    total_columns = ["model", "family", "batch_norm", "description", "params", "macs", "first_layer", "first_layer_weights",
                      "first_layer_formula", "error"]
     layer_columns = ["model", "name", "type", "output_shape", "params", "macs"]
     totals = pd.DataFrame(totals, columns=total_columns)
@@ -337,7 +347,8 @@ def trained_results(records, names: Iterable[str] | None = None) -> pd.DataFrame
         if names is not None and record.config.model not in names:
             continue
         last = record.metrics[-1] if record.metrics else {}
-        rows.append({"model": record.config.model, "run": record.label, "run_id": record.run_id,
+        model = profile_label(record.config.model, bool(record.config.options().get("batch_norm")))
+        rows.append({"model": model, "run": record.label, "run_id": record.run_id,
                      "image_size": record.config.data.image_size, "epochs": record.summary.get("epochs_completed"),
                      "params": record.summary.get("params_total"), "train_acc": last.get("train_acc"),
                      "val_acc": record.summary.get("val_acc"), "test_acc": record.summary.get("test_acc"),

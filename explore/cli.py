@@ -1,6 +1,7 @@
 """`python -m explore COMMAND ...`: one subcommand per capability.
 
-Each command lives beside the code it drives, as `cli_main(argv) -> int` in its module, so
+Each command lives beside the code it drives, as `cli_main(argv) -> int` in its module (or a named
+function, "module:function", where one module serves several commands), so
 this file only dispatches (and importing it stays cheap: torch loads only when needed).
 """
 from __future__ import annotations
@@ -13,10 +14,16 @@ COMMANDS = {
     "models": ("explore.models_cli", "list registered models with parameters and MACs"),
     "train": ("explore.train_cli", "train a model or a homework preset; JSON lines per epoch"),
     "presets": ("explore.presets", "list the homework presets"),
+    "lr-find": ("explore.lr_finder", "learning-rate range test: loss against a rising rate, a suggested rate"),
     "fetch-weights": ("explore.transfer", "download ImageNet weights into the torch hub cache"),
     "attribute": ("explore.attribution", "write saliency overlays for a finished run"),
     "mismatch": ("explore.mismatch", "internal vs external metrics and the error decomposition"),
     "bench": ("explore.bench", "measure speed: fast path vs the course's loop, and more"),
+    "sweep": ("explore.cli_runs:sweep_main", "train one setting over several values (from a run or a model)"),
+    "repeat": ("explore.cli_runs:repeat_main", "train the same config with several seeds; mean ± std"),
+    "compare": ("explore.cli_runs:compare_main", "runs → the differing-settings table and curves (CSV/PNG)"),
+    "export": ("explore.cli_runs:export_main", "write a run bundle (.zip) to replay a run elsewhere"),
+    "import": ("explore.cli_runs:import_main", "open a run bundle into the runs folder"),
 }
 
 
@@ -35,5 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.cli_main(rest) or 0)
+    module_name, _, function = COMMANDS[name][0].partition(":")  # "module" or "module:function"
+    module = importlib.import_module(module_name)
+    return int(getattr(module, function or "cli_main")(rest) or 0)

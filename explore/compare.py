@@ -27,6 +27,7 @@ import pandas as pd
 
 from explore.config import RunConfig, flatten
 from explore.models import MODELS
+from explore.report import curves_frame
 from explore.store import ACTIVE_STATUSES, RunRecord, RunStore
 
 SPLITS = ("train", "val", "test", "train_dev")
@@ -42,7 +43,11 @@ SWEEP_SETTINGS: dict[str, tuple[str, type]] = {
     "gamma": ("learning-rate decay gamma", float),
     "weight_decay": ("weight decay", float),
     "dropout": ("dropout", float),
+    "batch_norm": ("batch norm (on/off)", bool),
 }
+MODEL_OPTION_SETTINGS = ("dropout", "batch_norm")  # sweepable settings that live in RunConfig.model_options
+BOOL_WORDS = {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False, "1": True,
+              "0": False, "with": True, "without": False}
 LOG_SCALE_SETTINGS = ("lr", "weight_decay")
 RESULT_METRICS = ("val_acc_best_epoch", "val_acc_last_epoch", "test_acc")
 
@@ -173,18 +178,14 @@ def comparison_table(records: list[RunRecord], settings: Iterable[str] | None = 
 
 # ----- curves ---------------------------------------------------------------------------
 def curves(records: list[RunRecord]) -> pd.DataFrame:
-    """Long table of every epoch record: run_id, run (label), epoch, split, metric, value."""
+    """Long table of every epoch record: run_id, run (label), epoch, split, metric, value
+    (the same rows as report.curves_frame, learning rate included, with the run id)."""
     labels = run_labels(records)
-    rows = []
-    for r in records:
-        for m in r.metrics:
-            for split in SPLITS:
-                for metric, suffix in METRICS.items():
-                    value = m.get(f"{split}_{suffix}")
-                    if isinstance(value, (int, float)) and math.isfinite(value):
-                        rows.append({"run_id": r.run_id, "run": labels[r.run_id], "epoch": m.get("epoch"),
-                                     "split": split, "metric": metric, "value": float(value)})
-    return pd.DataFrame(rows, columns=["run_id", "run", "epoch", "split", "metric", "value"])
+    frames = [curves_frame(r.metrics, labels[r.run_id]).assign(run_id=r.run_id) for r in records if r.metrics]
+    columns = ["run_id", "run", "epoch", "split", "metric", "value"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
 
 
 def curves_chart(curve_rows: pd.DataFrame, metric: str = "accuracy", splits: Iterable[str] = ("train", "val", "test"),
@@ -220,6 +221,13 @@ def parse_values(setting: str, text: str) -> list:
     for token in re.split(r"[,\s;]+", text.strip()):
         if not token:
             continue
+        if kind is bool:
+            if token.lower() not in BOOL_WORDS:
+                raise ValueError(f"{SWEEP_SETTINGS[setting][0]}: {token!r} is not on or off")
+            value = BOOL_WORDS[token.lower()]
+            if value not in values:
+                values.append(value)
+            continue
         try:
             value = float(token)
             if kind is int:
@@ -238,22 +246,23 @@ def parse_values(setting: str, text: str) -> list:
 
 def setting_value(config: RunConfig, setting: str):
     """A sweepable setting's value in a config (dropout lives in the model options)."""
-    if setting == "dropout":
-        return config.options().get("dropout", _default_dropout(config.model))
+    if setting in MODEL_OPTION_SETTINGS:
+        return config.options().get(setting, _default_option(config.model, setting))
     return getattr(config, setting)
 
 
-def _default_dropout(model: str):
+def _default_option(model: str, option: str):
     import inspect
 
-    parameter = inspect.signature(MODELS[model].build).parameters.get("dropout")
+    parameter = inspect.signature(MODELS[model].build).parameters.get(option)
     return parameter.default if parameter is not None else None
 
 
 def _check_sweepable(base: RunConfig, setting: str) -> None:
-    if setting == "dropout" and "dropout" not in MODELS[base.model].options:
-        takes = ", ".join(n for n, info in MODELS.items() if "dropout" in info.options)
-        raise ValueError(f"model {base.model!r} has no dropout setting; models that take one: {takes}")
+    if setting in MODEL_OPTION_SETTINGS and setting not in MODELS[base.model].options:
+        takes = ", ".join(n for n, info in MODELS.items() if setting in info.options)
+        raise ValueError(f"model {base.model!r} has no {SWEEP_SETTINGS[setting][0]} setting; "
+                         f"models that take one: {takes}")
     if setting == "step_size" and base.scheduler != "step":
         raise ValueError(f"the step size only matters with the 'step' scheduler; the base run uses "
                          f"{base.scheduler!r}")
@@ -280,8 +289,9 @@ def sweep_configs(base: RunConfig, grid: dict[str, list], group: str, epochs: in
             changes["epochs"] = int(epochs)
         shown = []
         for setting, value in zip(grid, combination):
-            if setting == "dropout":
-                changes["model_options"] = tuple((base.options() | {"dropout": value}).items())
+            if setting in MODEL_OPTION_SETTINGS:
+                options = dict(changes.get("model_options", base.model_options)) | {setting: value}
+                changes["model_options"] = tuple(options.items())
             else:
                 changes[setting] = value
             shown.append(f"{setting}={_format(value)}")
@@ -343,7 +353,9 @@ def sweep_chart(results: pd.DataFrame, settings: list[str], metric: str = "test_
     positive = bool(len(data)) and bool((data[x_setting] > 0).all())
     scale = alt.Scale(type="log") if x_setting in LOG_SCALE_SETTINGS and positive else alt.Scale(zero=False)
     encoding = dict(
-        x=alt.X(f"{x_setting}:Q", title=SWEEP_SETTINGS[x_setting][0], scale=scale),
+        # on/off settings (batch norm) are two categories, not a number line
+        x=(alt.X(f"{x_setting}:N", title=SWEEP_SETTINGS[x_setting][0]) if SWEEP_SETTINGS[x_setting][1] is bool
+           else alt.X(f"{x_setting}:Q", title=SWEEP_SETTINGS[x_setting][0], scale=scale)),
         y=alt.Y(f"{metric}:Q", title=metric.replace("_", " "), axis=alt.Axis(format="%"),
                 scale=alt.Scale(zero=False)),
         tooltip=["run", *settings, alt.Tooltip(f"{metric}:Q", format=".3f")],

@@ -22,6 +22,7 @@ import torch
 
 from explore.config import RunConfig
 from explore.device import reuse_freed_memory
+from explore.reproduce import code_version
 from explore.store import RunStore, StoreError
 
 STATUS_WRITE_INTERVAL_S = 0.5  # live progress is written at most this often (keeps polling cheap)
@@ -43,6 +44,13 @@ def execute_run(store: RunStore, run_id: str, should_stop: Callable[[], bool] = 
     run = None
     try:
         run = make_run(config)
+        if run.weights_name is not None:  # a transfer run whose weights turned out random says so in its name
+            from explore.transfer import relabel_if_random
+
+            honest = relabel_if_random(config, run.weights_name)
+            if honest is not None:
+                config = honest
+                store.replace_config(run_id, config)
         store.set_status(run_id, message="training", setup_seconds=run.setup_seconds, weights=run.weights_name)
         last_write = 0.0
         for item in run.fit(should_stop):
@@ -59,6 +67,7 @@ def execute_run(store: RunStore, run_id: str, should_stop: Callable[[], bool] = 
         predictions = run.predictions() if run.data else None
         summary = run.summary(predictions)
         summary["run_id"] = run_id
+        summary["code_version"] = code_version()  # what a student hands in says which code produced it
         store.save_results(run_id, summary, run.model.state_dict() if run.status != "failed" else None,
                            predictions)
         store.set_status(run_id, status=run.status, message=run.message, finished=time.time())

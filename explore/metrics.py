@@ -50,6 +50,24 @@ def auc(is_positive: torch.Tensor, score: torch.Tensor) -> float | None:
     return float(torch.trapezoid(tpr, fpr))
 
 
+def per_class(confusion) -> list[dict]:
+    """K×K counts (rows true, columns predicted) → per class: precision, recall, F1 and support.
+
+    precision = correct calls of the class / all calls of it; recall = correct calls / all images
+    of it; F1 = their harmonic mean. None where the denominator is 0 (never called, or absent).
+    """
+    matrix = torch.as_tensor(confusion, dtype=torch.float64)
+    rows = []
+    for k in range(matrix.shape[0]):
+        hit, called, support = float(matrix[k, k]), float(matrix[:, k].sum()), float(matrix[k].sum())
+        precision = hit / called if called else None
+        recall = hit / support if support else None
+        f1 = (2 * precision * recall / (precision + recall) if precision is not None and recall is not None
+              and precision + recall > 0 else (0.0 if precision is not None and recall is not None else None))
+        rows.append({"precision": precision, "recall": recall, "f1": f1, "support": int(support)})
+    return rows
+
+
 def binary_report(labels: torch.Tensor, probs: torch.Tensor, num_classes: int, threshold: float = 0.5) -> dict:
     """Accuracy, confusion matrix, and disease-vs-normal AUC, sensitivity and specificity."""
     labels = labels.long().cpu()
@@ -69,4 +87,5 @@ def binary_report(labels: torch.Tensor, probs: torch.Tensor, num_classes: int, t
         "specificity": tn / negatives if negatives else None,
         "prevalence": positives / len(labels) if len(labels) else None,
         "confusion": confusion_matrix(labels, predicted, num_classes).tolist(),
+        "per_class": per_class(confusion_matrix(labels, predicted, num_classes)),
     }

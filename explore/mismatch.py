@@ -132,7 +132,7 @@ COMPONENTS = {
     "avoidable_bias": Component("avoidable bias", "train error above human/Bayes error: the model underfits its own data"),
     "variance": Component("variance", "held-out images of the training source score worse than the training images: "
                                       "the model does not generalise beyond the images it saw"),
-    "val_overfit": Component("val vs train-dev", "val worse than train-dev (both site A, both unseen): "
+    "val_overfit": Component("overfitting to val", "val worse than train-dev (both site A, both unseen): "
                                                  "choosing settings by val has overfitted val"),
     "data_mismatch": Component("data mismatch", "test (site B) worse than val (site A): the other hospital's images "
                                                 "differ in ways the model never learned to handle"),
@@ -161,8 +161,9 @@ def error_decomposition(train_error: float, val_error: float, test_error: float,
     notes = []
     if train_dev_error is None:
         notes.append("This run held out no train-dev set (train_dev_fraction = 0), so val, the same source and "
-                     "unseen, stands in for it: variance = val error − train error. Set a train-dev fraction "
-                     "on the Train page to separate variance from overfitting val.")
+                     "unseen, stands in for it: variance = val error − train error. To separate variance from "
+                     "overfitting to val, train with 'Hold out a train-dev set (%)' on the Train page (Custom run) "
+                     "or `python -m explore train ... --train-dev 0.1`.")
     largest = max(components, key=lambda c: c["value"]) if components else None
     return {"levels": [{"key": k, "name": n, "error": e} for k, n, e in levels], "components": components,
             "test_error": test_error, "human_error": human_error,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from explore.config import RunConfig
 from explore.data import DataSpec
@@ -18,8 +18,28 @@ COURSE_SIZE = 256  # the homework resized every X-ray to 256×256
 
 
 def _cfg(name: str, **kw) -> RunConfig:
+    """A preset run. `name` may hold {field} placeholders (e.g. "HW2 lr {lr}"): they are filled
+    with the run's real values, after any quick scaling, so a name never states a value it does not train with."""
     data = DataSpec(image_size=kw.pop("image_size", COURSE_SIZE))
     return RunConfig(name=name, data=data, **kw)
+
+
+def short_number(value: float) -> str:
+    """3e-05 → '3e-5', 0.0003 → '3e-4', 0.01 → '0.01': learning rates as the lecture writes them."""
+    if value and abs(value) < 1e-2:
+        mantissa, exponent = f"{value:.3g}".split("e") if "e" in f"{value:.3g}" else f"{value:.2e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
+        return f"{mantissa}e{int(exponent)}"
+    return f"{value:g}"
+
+
+def run_name(template: str, config: RunConfig) -> str:
+    """Fill a name template with the config's own values ({lr}, {step_size}, {model_options[dropout]}...)."""
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    values["lr"] = short_number(config.lr)
+    values["model_options"] = config.options()
+    values["batch_norm"] = "with" if config.options().get("batch_norm") else "without"
+    return template.format(**values)
 
 
 HW3_BASE = dict(model="hw3_cnn", loss="bce", optimizer="adam", lr=1e-3, scheduler="step", step_size=10,
@@ -37,28 +57,56 @@ class Preset:
     quick_size: int = 128
     quick_epochs: int = 8
     quick_lr_scale: float = 1.0  # tiny course learning rates need a boost when epochs are cut
+    # Shrink StepLR step sizes, exponential decay and early-stopping patience with the epochs, so the
+    # quick run decays (and can stop) as often as the full one. A preset that compares step sizes
+    # keeps them as they are instead (scaled, 2/4/8 over 30 epochs would collapse to 1/1/3).
+    quick_scales_schedule: bool = True
     tags: tuple[str, ...] = field(default=())
 
     def configs(self, quick: bool = False, group: str | None = None) -> list[RunConfig]:
-        """The runs to queue; `quick` shrinks image size and epochs (the page says so)."""
+        """The runs to queue, named by their real values; `quick` shrinks image size and epochs and says so."""
         group = group or self.name
-        out = []
-        for run in self.runs:
-            changes = {"group": group}
-            if quick:
-                changes |= {"data_image_size": min(run.data.image_size, self.quick_size),
-                            "epochs": min(run.epochs, self.quick_epochs),
-                            "lr": run.lr * self.quick_lr_scale,
-                            "name": f"{run.name} (quick)"}
-                if run.scheduler == "step":  # keep the same number of decays within the shorter run
-                    changes["step_size"] = max(1, round(run.step_size * self.quick_epochs / run.epochs))
-            out.append(run.replace(**changes))
-        return out
+        return [self._one(run, quick).replace(group=group) for run in self.runs]
+
+    def _one(self, run: RunConfig, quick: bool) -> RunConfig:
+        if not quick:
+            return run.replace(name=run_name(run.name, run))
+        epochs = min(run.epochs, self.quick_epochs)
+        changes = {"data_image_size": min(run.data.image_size, self.quick_size), "epochs": epochs,
+                   "lr": run.lr * self.quick_lr_scale}
+        ratio = epochs / run.epochs
+        if self.quick_scales_schedule and ratio < 1:
+            if run.scheduler == "step":  # the same number of decays within the shorter run
+                changes["step_size"] = max(1, round(run.step_size * ratio))
+            if run.scheduler == "exponential":  # the same total decay: gamma^epochs unchanged
+                changes["gamma"] = round(run.gamma ** (1 / ratio), 3)
+            if run.early_stopping_patience:  # patience that can still run out before the last epoch
+                changes["early_stopping_patience"] = max(2, min(round(run.early_stopping_patience * ratio),
+                                                                epochs // 3))
+        quick_run = run.replace(**changes)
+        return quick_run.replace(name=f"{run_name(run.name, quick_run)} {self.quick_suffix(run, quick_run)}")
+
+    def quick_suffix(self, full: RunConfig, quick: RunConfig) -> str:
+        """'(quick ×10 lr · 128 px · 10 epochs · step 3)': what the quick variant changed, in the run's name."""
+        parts = [f"×{self.quick_lr_scale:g} lr"] if self.quick_lr_scale != 1 else []
+        parts += [f"{quick.data.image_size} px", f"{quick.epochs} epochs"]
+        for label, key in (("step", "step_size"), ("γ", "gamma"), ("patience", "early_stopping_patience")):
+            text = f"{label} {getattr(quick, key):g}"
+            if getattr(full, key) != getattr(quick, key) and text not in run_name(full.name, quick):
+                parts.append(text)
+        return f"(quick {' · '.join(parts)})"
 
     def describe_quick(self) -> str:
         return (f"quick variant: {self.quick_size} px, at most {self.quick_epochs} epochs"
                 + (f", learning rate ×{self.quick_lr_scale:g}" if self.quick_lr_scale != 1 else "")
+                + (", step sizes, decay and patience scaled to the epochs" if self.quick_scales_schedule else "")
                 + " — for CPUs and live demos; the full preset replays the homework settings")
+
+    def to_dict(self) -> dict:
+        """What `python -m explore presets --json` prints: every run of both variants as its RunConfig JSON."""
+        return {"name": self.name, "title": self.title, "note": self.note,
+                "full": [c.to_dict() for c in self.configs()],
+                "quick": [c.to_dict() for c in self.configs(quick=True)]}
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
@@ -66,20 +114,20 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
         "hw2_bce_vs_ce", "HW2 · BCE vs CE",
         "Same MLP, one output + BCE vs two outputs + cross-entropy.\n"
         "Look for: near-identical curves (softmax over two classes is a sigmoid of the logit difference).",
-        (_cfg("HW2 BCE", **HW2_BASE, loss="bce"), _cfg("HW2 CE", **HW2_BASE, loss="ce")),
+        (_cfg("HW2 BCE · lr {lr}", **HW2_BASE, loss="bce"), _cfg("HW2 CE · lr {lr}", **HW2_BASE, loss="ce")),
         quick_epochs=10, quick_lr_scale=10.0),
     Preset(
         "hw2_lr_sweep", "HW2 · learning-rate sweep",
         "Adam at 3e-5, 3e-6 and 3e-7 with StepLR(4, 0.4).\n"
         "Look for: the large rate overfits fast (train ≫ val), the small one underfits and stalls.",
-        tuple(_cfg(f"HW2 lr {lr:g}", **(HW2_BASE | {"lr": lr})) for lr in (3e-5, 3e-6, 3e-7)),
+        tuple(_cfg("HW2 lr {lr}", **(HW2_BASE | {"lr": lr})) for lr in (3e-5, 3e-6, 3e-7)),
         quick_epochs=10, quick_lr_scale=10.0),
     Preset(
         "hw2_step_sweep", "HW2 · StepLR step-size sweep",
         "StepLR step size 2, 4 and 8 at lr 3e-6 (gamma 0.4).\n"
         "Look for: a small step size decays the rate early and the loss flattens too soon.",
-        tuple(_cfg(f"HW2 step {s}", **(HW2_BASE | {"step_size": s})) for s in (2, 4, 8)),
-        quick_epochs=10, quick_lr_scale=10.0),
+        tuple(_cfg("HW2 StepLR step {step_size}", **(HW2_BASE | {"step_size": s})) for s in (2, 4, 8)),
+        quick_epochs=12, quick_lr_scale=10.0, quick_scales_schedule=False),
     Preset(
         "hw3_baseline", "HW3 · CNN baseline",
         "The course CNN: Adam 1e-3, StepLR(10, 0.1), BCE, batch 32, 30 epochs, 256 px.\n"
@@ -90,9 +138,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
         "Baseline vs Dropout(0.6), vs AdamW with weight decay, vs early stopping (patience 5).\n"
         "Look for: the gap between train and val curves closing, and what each fix does to test accuracy.",
         (_cfg("HW3 CNN", **HW3_BASE),
-         _cfg("HW3 CNN + dropout 0.6", **(HW3_BASE | {"model": "hw3_cnn_dropout"})),
-         _cfg("HW3 CNN + AdamW wd 10", **(HW3_BASE | {"optimizer": "adamw", "weight_decay": 10.0})),
-         _cfg("HW3 CNN + early stopping", **HW3_BASE, early_stopping_patience=5))),
+         _cfg("HW3 CNN + dropout {model_options[dropout]:g}",
+              **(HW3_BASE | {"model": "hw3_cnn_dropout", "model_options": (("dropout", 0.6),)})),
+         _cfg("HW3 CNN + AdamW wd {weight_decay:g}", **(HW3_BASE | {"optimizer": "adamw", "weight_decay": 10.0})),
+         _cfg("HW3 CNN + early stopping (patience {early_stopping_patience})", **HW3_BASE,
+              early_stopping_patience=5))),
     Preset(
         "hw3_ann_vs_cnn", "HW3 · ANN vs CNN",
         "The homework's fully connected net (512-256-256, BN, dropout 0.9) vs the CNN, same training.\n"
@@ -108,17 +158,35 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
         "lecture_batch_size", "Lecture · batch size vs time",
         "The same CNN with batch 32, 128 and 512 for 5 epochs.\n"
         "Look for: seconds per epoch fall as the batch grows, with no magic at powers of two.",
-        tuple(_cfg(f"batch {b}", **(HW3_BASE | {"batch_size": b, "epochs": 5, "scheduler": "none"}))
+        tuple(_cfg("batch {batch_size}", **(HW3_BASE | {"batch_size": b, "epochs": 5, "scheduler": "none"}))
               for b in (32, 128, 512)),
         quick_epochs=3),
     Preset(
         "lecture_optimizers", "Lecture · SGD vs momentum vs Adam",
         "Plain SGD, SGD with momentum 0.9 and Adam, all at their usual learning rates.\n"
         "Look for: momentum smooths and speeds SGD; Adam gets there fastest on this problem.",
-        (_cfg("SGD lr 0.01", **(HW3_BASE | {"optimizer": "sgd", "lr": 0.01, "scheduler": "none", "epochs": 15})),
-         _cfg("momentum 0.9 lr 0.01", **(HW3_BASE | {"optimizer": "momentum", "lr": 0.01, "scheduler": "none",
-                                                     "epochs": 15})),
-         _cfg("Adam lr 1e-3", **(HW3_BASE | {"scheduler": "none", "epochs": 15})))),
+        (_cfg("SGD lr {lr}", **(HW3_BASE | {"optimizer": "sgd", "lr": 0.01, "scheduler": "none", "epochs": 15})),
+         _cfg("momentum {momentum:g} lr {lr}", **(HW3_BASE | {"optimizer": "momentum", "lr": 0.01,
+                                                                "scheduler": "none", "epochs": 15})),
+         _cfg("Adam lr {lr}", **(HW3_BASE | {"scheduler": "none", "epochs": 15})))),
+    Preset(
+        "lecture_lr_schedules", "Lecture · learning-rate schedules",
+        "The course CNN with Adam 1e-3: constant, StepLR(10, 0.1), exponential (γ 0.9) and cosine.\n"
+        "Look for: the learning-rate plot under the loss (a staircase, a smooth decay, a half cosine) and "
+        "how the val loss settles as the rate falls.",
+        (_cfg("constant lr {lr}", **(HW3_BASE | {"scheduler": "none"})),
+         _cfg("StepLR({step_size}, {gamma:g})", **HW3_BASE),
+         _cfg("exponential γ {gamma:g}", **(HW3_BASE | {"scheduler": "exponential", "gamma": 0.9})),
+         _cfg("cosine over {epochs} epochs", **(HW3_BASE | {"scheduler": "cosine"})))),
+    Preset(
+        "lecture_batch_norm", "Lecture · batch normalisation",
+        "The same 3-block CNN without and with BatchNorm after each convolution, SGD + momentum lr 0.01.\n"
+        "Look for: with batch norm the loss falls faster in the first epochs (BN keeps each layer's "
+        "input well scaled); compare the parameter counts too.",
+        tuple(_cfg("CNN {batch_norm} batch norm", **(HW3_BASE | {
+            "model": "cnn", "model_options": (("batch_norm", bn),), "optimizer": "momentum", "lr": 0.01,
+            "scheduler": "none", "epochs": 15})) for bn in (False, True)),
+        quick_epochs=8),
 ]}
 
 
@@ -126,11 +194,12 @@ def cli_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m explore presets", description="List the homework presets.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    rows = [{"name": p.name, "title": p.title, "note": p.note, "runs": [r.name for r in p.runs]}
-            for p in PRESETS.values()]
+    rows = [preset.to_dict() for preset in PRESETS.values()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"{row['name']:<20} {row['title']}  ({len(row['runs'])} run(s))")
+            print(f"{row['name']:<22} {row['title']}")
+            for full, quick in zip(row["full"], row["quick"]):
+                print(f"    {full['name']:<48} quick: {quick['name']}")
     return 0

@@ -22,18 +22,24 @@ SPLIT_LABELS = {"train": "train", "train_dev": "train-dev", "val": "val (site A)
 SPLIT_COLOURS = {"train": "#4c78a8", "train_dev": "#72b7b2", "val": "#f58518", "test": "#e45756"}
 METRICS = {"loss": "loss", "acc": "accuracy"}  # suffix in the epoch record -> metric name in frames
 CURVE_COLUMNS = ["epoch", "split", "metric", "value", "run"]
+LR_METRIC = "learning rate"
 
 
 def curves_frame(records: list[dict], run_label: str | None = None) -> pd.DataFrame:
     """Epoch records → long DataFrame(epoch, split, metric, value, run), one row per number.
 
-    `split` is train / train_dev / val / test, `metric` is "loss" or "accuracy". Records
-    that are not epoch records, and non-finite values, are left out (a chart cannot draw NaN).
+    `split` is train / train_dev / val / test, `metric` is "loss", "accuracy" or "learning rate"
+    (the rate the optimiser used during that epoch, split "train"). Records that are not epoch
+    records, and non-finite values, are left out (a chart cannot draw NaN).
     """
     rows = []
     for record in records:
         if record.get("kind", "epoch") != "epoch" or "epoch" not in record:
             continue
+        lr = record.get("lr")
+        if isinstance(lr, (int, float)) and math.isfinite(lr):
+            rows.append({"epoch": int(record["epoch"]), "split": "train", "metric": LR_METRIC, "value": float(lr),
+                         "run": run_label or ""})
         for split in SPLIT_ORDER:
             for suffix, metric in METRICS.items():
                 value = record.get(f"{split}_{suffix}")
@@ -72,6 +78,27 @@ def curves_chart(frame: pd.DataFrame, metric: str, height: int = 260) -> alt.Cha
             domain=present, range=[colours[p] for p in present]))
     chart = alt.Chart(data).mark_line(point=not several_runs).encode(**encodings)
     return chart.properties(height=height, title=f"{metric} per epoch")
+
+
+def lr_chart(frame: pd.DataFrame, height: int = 240) -> alt.Chart:
+    """The learning rate of every epoch, drawn under the loss curves (Train and Compare pages).
+
+    A step line on a log axis: StepLR shows its staircase, exponential decay a straight slope,
+    cosine a half wave. Takes either curves frame (report.curves_frame or compare.curves).
+    """
+    data = frame[frame["metric"] == LR_METRIC]
+    several_runs = data["run"].nunique() > 1
+    encodings = {
+        "x": alt.X("epoch:Q", title="epoch", axis=alt.Axis(format="d", tickMinStep=1)),
+        "y": alt.Y("value:Q", title="learning rate", scale=alt.Scale(type="log"), axis=alt.Axis(format="~e")),
+        "tooltip": [alt.Tooltip("run:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("value:Q", title="lr", format=".3~e")],
+    }
+    if several_runs:
+        encodings["color"] = alt.Color("run:N", title="run", scale=alt.Scale(scheme="tableau10"), legend=None)
+    else:
+        encodings["color"] = alt.value(SPLIT_COLOURS["train"])
+    chart = alt.Chart(data).mark_line(interpolate="step-after", point=True).encode(**encodings)
+    return chart.properties(height=height, title="learning rate per epoch")
 
 
 def progress(status: dict) -> tuple[float, str]:
@@ -114,6 +141,40 @@ def metrics_table(summary: dict | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["split", "accuracy", "AUC", "sensitivity", "specificity", "images"])
 
 
+def per_class_table(summary: dict | None, classes: list[str] | None = None) -> pd.DataFrame:
+    """Per split and class: precision, recall, F1 and images (from each split's confusion matrix, so runs
+    stored before per-class numbers were saved get them too). With three classes this is the report's table."""
+    from explore.metrics import per_class
+
+    summary = summary or {}
+    classes = list(classes or summary.get("classes") or [])
+    rows = []
+    for split in SPLIT_ORDER:
+        confusion = ((summary.get("splits") or {}).get(split) or {}).get("confusion")
+        if not confusion:
+            continue
+        names = classes if len(classes) == len(confusion) else [str(k) for k in range(len(confusion))]
+        for name, numbers in zip(names, per_class(confusion)):
+            rows.append({"split": SPLIT_LABELS.get(split, split), "class": name, **numbers})
+    table = pd.DataFrame(rows, columns=["split", "class", "precision", "recall", "f1", "support"])
+    for column in ("precision", "recall", "f1"):  # None (never predicted / absent) → NaN: an empty cell
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
+    return table
+
+
+def cell_examples(predictions: dict[str, torch.Tensor], cell: tuple[int, int], limit: int = 8) -> list[int]:
+    """Indices of the images in one confusion-matrix cell (true, predicted), most confident mistakes first
+    (the Saliency page's selection, for the Train page's matrix)."""
+    from explore.attribution import outcomes, select
+
+    outcome = outcomes(predictions["probs"], predictions["labels"])
+    how = "top_losses" if cell[0] != cell[1] else "cell"
+    if how == "top_losses":  # wrong cells: keep only this cell's mistakes, ordered by loss
+        index = select(outcome, "top_losses", None, len(outcome["labels"]))
+        return [i for i in index if (int(outcome["labels"][i]), int(outcome["predicted"][i])) == tuple(cell)][:limit]
+    return select(outcome, "cell", cell, limit)
+
+
 def confusion_frame(confusion: list[list[int]], classes: list[str]) -> pd.DataFrame:
     """K×K counts (rows true, columns predicted) → long DataFrame(true, predicted, count, share)."""
     rows = []
@@ -128,8 +189,9 @@ def confusion_frame(confusion: list[list[int]], classes: list[str]) -> pd.DataFr
 def confusion_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
     """Heatmap with the count written in each cell; colour = share of the true class."""
     order = list(dict.fromkeys(frame["true"]))
+    cell_px = 80 if len(order) <= 2 else 56  # three classes fit the same column
     base = alt.Chart(frame).encode(
-        x=alt.X("predicted:N", sort=order, title="predicted", axis=alt.Axis(labelAngle=0)),
+        x=alt.X("predicted:N", sort=order, title="predicted", axis=alt.Axis(labelAngle=0 if cell_px == 80 else -35)),
         y=alt.Y("true:N", sort=order, title="true"),
     )
     cells = base.mark_rect().encode(
@@ -139,7 +201,7 @@ def confusion_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
         text="count:Q",
         color=alt.condition(alt.datum["share of true class"] > 0.5, alt.value("white"), alt.value("black")))
     # "pad": the natural size (80 × 52 px per cell), not squeezed to fit a narrow column.
-    return (cells + text).properties(title=title, width=alt.Step(80), height=alt.Step(52),
+    return (cells + text).properties(title=title, width=alt.Step(cell_px), height=alt.Step(52 if cell_px == 80 else 40),
                                      autosize=alt.AutoSizeParams(type="pad"))
 
 
@@ -235,7 +297,9 @@ def describe_data(spec) -> str:
 def configs_table(configs: list) -> pd.DataFrame:
     """What a preset will queue: one row per run with the settings that matter most."""
     return pd.DataFrame([{
-        "run": c.name, "model": c.model, "loss": c.loss, "optimizer": c.optimizer, "lr": f"{c.lr:g}",
+        "run": c.name, "model": c.model,
+        "options": ", ".join(f"{k}={'on' if v is True else 'off' if v is False else v}" for k, v in c.model_options),
+        "loss": c.loss, "optimizer": c.optimizer, "lr": f"{c.lr:g}",
         "schedule": c.scheduler if c.scheduler != "step" else f"step({c.step_size}, {c.gamma:g})",
         "weight decay": f"{c.weight_decay:g}", "batch": c.batch_size, "epochs": c.epochs,
         "early stop": c.early_stopping_patience or "off", "image px": c.data.image_size,

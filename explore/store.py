@@ -147,6 +147,10 @@ class RunStore:
             raise StoreError(f"invalid run id {run_id!r}")
         return self.root / run_id
 
+    def replace_config(self, run_id: str, config: RunConfig) -> None:
+        """Rewrite a run's config.json (e.g. a transfer run found to train from random weights is relabelled)."""
+        write_atomic(self.path(run_id) / "config.json", config.to_json().encode())
+
     def set_status(self, run_id: str, **fields) -> None:
         path = self.path(run_id) / "status.json"
         current = _read_json(path) or {}

@@ -49,6 +49,7 @@ from torchvision import models as tvm
 from explore.config import RunConfig
 from explore.data import DataBundle, DataSpec
 from explore.device import Placement
+from explore.models import MODELS
 from explore.train import EVAL_BATCH_SIZE, TrainingRun, _uses_channels_last
 
 MODES = ("frozen", "finetune", "two-phase", "partial")
@@ -503,6 +504,28 @@ def resolve_pretrained(config: RunConfig, check_network: bool = True) -> tuple[R
     if status["available"] or status["downloadable"]:
         return config, ""
     return _with_random_suffix(config.replace(pretrained=False)), status["message"]
+
+
+def honest_configs(configs: list[RunConfig], check_network: bool = True) -> tuple[list[RunConfig], list[str]]:
+    """Every page and the CLI call this before queueing: transfer runs whose ImageNet weights cannot be
+    had become random-init runs named '(random init)'; other runs pass unchanged. Returns (configs, messages)."""
+    out, messages = [], []
+    for config in configs:
+        if MODELS[config.model].family == "transfer":
+            config, message = resolve_pretrained(config, check_network=check_network)
+            if message and message not in messages:
+                messages.append(message)
+        out.append(config)
+    return out, messages
+
+
+def relabel_if_random(config: RunConfig, weights_name: str | None) -> RunConfig | None:
+    """After the model is built: a run that asked for ImageNet weights but got random ones (the download
+    failed after it was queued) → its config, relabelled '(random init)'; None when nothing changes."""
+    if weights_name != RANDOM or MODELS[config.model].family != "transfer":
+        return None
+    honest = _with_random_suffix(config.replace(pretrained=False))
+    return None if honest == config else honest
 
 
 def _with_random_suffix(config: RunConfig) -> RunConfig:

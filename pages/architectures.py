@@ -14,17 +14,20 @@ st.caption("A fully connected network (ANN) gives every pixel its own weight in 
 c1, c2 = st.columns([3, 1])
 names = c1.multiselect("Architectures", list(MODELS), default=list(analysis.COURSE_ARCHITECTURES))
 size = c2.select_slider("Image size (px)", [32, 64, 128, 224, 256], value=256)
+batch_norm = st.toggle("Batch norm in mlp, cnn and cnn_gap", key="arch_batch_norm",
+                       help="BatchNorm after each hidden layer or convolution: two learned numbers (γ, β) per "
+                            "channel or unit, counted in the tables below (hw3_ann has it always).")
 if not names:
     st.info("Pick two or more architectures to compare.")
     st.stop()
 
 
 @st.cache_data(show_spinner="Running one image through each model to count parameters and MACs…")
-def profiles(names: tuple, size: int):
-    return analysis.profile_architectures(names, size)
+def profiles(names: tuple, size: int, batch_norm: bool):
+    return analysis.profile_architectures(names, size, batch_norm)
 
 
-totals, layers = profiles(tuple(names), size)
+totals, layers = profiles(tuple(names), size, batch_norm)
 for row in totals[totals.error.notna()].itertuples():
     st.warning(f"{row.model} cannot be profiled at {size} px: {row.error}")
 totals = totals[totals.error.isna()].drop(columns=["error"])

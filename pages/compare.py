@@ -3,7 +3,7 @@ import time
 
 import streamlit as st
 
-from explore import compare
+from explore import compare, report
 from explore.store import StoreError
 from pages.common import job_manager, run_store, status_badge
 
@@ -68,6 +68,9 @@ else:
         with column:
             chart = compare.curves_chart(curve_rows, metric, splits or ["val"])
             st.altair_chart(chart, width="stretch")
+            if metric == "loss" and (curve_rows.metric == report.LR_METRIC).any():
+                # the rate under the loss: StepLR's staircase lines up with the drops in the loss
+                st.altair_chart(report.lr_chart(curve_rows), width="stretch")
             with st.popover(f"Save the {metric} chart"):
                 chart_downloads(chart, f"{metric}-curves", f"curves-{metric}")
     st.caption("One colour per run, one dash style per split. Train accuracy is measured while training "
@@ -122,7 +125,8 @@ with sweep_tab:
     for setting in settings:
         now = compare.setting_value(base, setting)
         text = st.text_input(f"Values of the {compare.SWEEP_SETTINGS[setting][0]} (now {now})",
-                             key=f"sweep_values_{setting}", placeholder="e.g. 1e-4, 1e-3, 1e-2")
+                             key=f"sweep_values_{setting}",
+                             placeholder="on, off" if compare.SWEEP_SETTINGS[setting][1] is bool else "e.g. 1e-4, 1e-3, 1e-2")
         try:
             grid[setting] = compare.parse_values(setting, text)
         except ValueError as error:

@@ -4,6 +4,7 @@ Training runs in the server's job queue, not in this script: changing a widget, 
 pages or refreshing the browser never stops or restarts it. The run ids sit in the URL
 (?run=...), so a refresh finds them again.
 """
+import math
 from dataclasses import replace
 
 import streamlit as st
@@ -16,7 +17,7 @@ from explore.presets import PRESETS
 from explore.settings import NotAllowed, apply_limits, check_sweep_allowed
 from explore.share import decode_config, encode_config, export_run_bundle, import_run_bundle
 from explore.store import RunStore, StoreError
-from pages.common import app_settings, current_data_spec, job_manager, run_store, status_badge
+from pages.common import app_settings, bundle_or_stop, current_data_spec, job_manager, run_store, status_badge
 
 LEARNING_RATES = [1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0]
 WEIGHT_DECAYS = [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0]
@@ -28,6 +29,7 @@ NORMS = {"dataset": "train-set mean/std", "per_image": "per image", "histeq": "h
 PERCENT_COLUMNS = {name: st.column_config.NumberColumn(format="percent")
                    for name in ("accuracy", "sensitivity", "specificity", "val acc", "test acc")}
 PERCENT_COLUMNS["AUC"] = st.column_config.NumberColumn(format="%.3f")
+PER_CLASS_COLUMNS = {name: st.column_config.NumberColumn(format="percent") for name in ("precision", "recall", "f1")}
 HEADLINE = [("val accuracy", "val", "acc"), ("test accuracy", "test", "acc"), ("test AUC", "test", "auc"),
             ("test sensitivity", "test", "sensitivity")]  # (label, split, key in summary["splits"][split])
 
@@ -73,6 +75,10 @@ def custom_config() -> RunConfig | None:
         options = {}
         if "dropout" in MODELS[model].options:
             options["dropout"] = st.slider("Dropout", 0.0, 0.9, 0.5, 0.05, key="dropout")
+        if "batch_norm" in MODELS[model].options:
+            options["batch_norm"] = st.checkbox("Batch norm", key="batch_norm",
+                                                help="BatchNorm after each hidden layer or convolution")
+        transfer_settings = transfer_options(model)
         two_classes = spec.num_classes == 2
         loss = st.radio("Loss", ["bce", "ce"] if two_classes else ["ce"], horizontal=True, key="loss",
                         format_func={"bce": "BCE (1 output)", "ce": "cross-entropy (K outputs)"}.get)
@@ -89,6 +95,9 @@ def custom_config() -> RunConfig | None:
         optimizer = st.selectbox("Optimiser", list(OPTIMIZERS), index=3, format_func=OPTIMIZERS.get, key="optimizer")
         nesterov = optimizer == "momentum" and st.checkbox("Nesterov", key="nesterov")
         lr = st.select_slider("Learning rate", LEARNING_RATES, value=1e-3, format_func="{:g}".format, key="lr")
+        find_lr = st.button("🔎 Find a learning rate", key="find_lr",
+                            help="A short range test on a copy of this model: the learning rate rises "
+                                 "exponentially batch by batch while the loss is recorded. It never trains your run.")
         weight_decay = st.select_slider("Weight decay", WEIGHT_DECAYS, value=0.0, format_func="{:g}".format,
                                         key="weight_decay")
         scheduler = st.selectbox("Schedule", list(SCHEDULERS), format_func=SCHEDULERS.get, key="scheduler")
@@ -113,15 +122,86 @@ def custom_config() -> RunConfig | None:
         input_norm = st.selectbox("Input normalisation", list(NORMS), format_func=NORMS.get, key="input_norm",
                                   help="How pixels are standardised before the model; statistics come from "
                                        "the training split only, so val and test never leak in.")
+        train_dev = st.number_input("Hold out a train-dev set (%)", 0, 40, 0, 5, key="train_dev",
+                                    help="This share of the training images is never trained on: the Mismatch "
+                                         "page then splits the error into avoidable bias, variance, overfitting "
+                                         "to val and data mismatch.")
+
+    def build() -> RunConfig:
+        return RunConfig(
+            data=spec, model=model, model_options=tuple(options.items()), loss=loss, class_weights=class_weights,
+            optimizer=optimizer, nesterov=bool(nesterov), lr=lr, weight_decay=weight_decay, scheduler=scheduler,
+            step_size=int(step_size), gamma=float(gamma), batch_size=batch_size, epochs=int(epochs),
+            early_stopping_patience=int(patience), restore_best=restore_best, augment=tuple(augment),
+            input_norm=input_norm, train_dev_fraction=train_dev / 100, seed=int(seed), device=device,
+            precision=precision, name=name or automatic_name(model, options, optimizer, lr), **transfer_settings)
+
+    lr_finder_panel(build, find_lr)
     if not st.button("Train", type="primary", key="train_custom"):
         return None
-    return RunConfig(
-        data=spec, model=model, model_options=tuple(options.items()), loss=loss, class_weights=class_weights,
-        optimizer=optimizer, nesterov=bool(nesterov), lr=lr, weight_decay=weight_decay, scheduler=scheduler,
-        step_size=int(step_size), gamma=float(gamma), batch_size=batch_size, epochs=int(epochs),
-        early_stopping_patience=int(patience), restore_best=restore_best, augment=tuple(augment),
-        input_norm=input_norm, seed=int(seed), device=device, precision=precision,
-        name=name or f"{model} · {OPTIMIZERS[optimizer]} lr {lr:g}")
+    return build()
+
+
+def automatic_name(model: str, options: dict, optimizer: str, lr: float) -> str:
+    return f"{model}{' + batch norm' if options.get('batch_norm') else ''} · {OPTIMIZERS[optimizer]} lr {lr:g}"
+
+
+def transfer_options(model: str) -> dict:
+    """For a pretrained backbone: how to transfer, and — before anything is queued — whether the ImageNet
+    weights are here (if not, the run trains from random weights and is named '(random init)')."""
+    if MODELS[model].family != "transfer":
+        return {}
+    from explore import transfer
+
+    mode = st.selectbox("Transfer mode", transfer.MODES, index=1, format_func=transfer.MODE_TITLES.get,
+                        key="transfer_mode")
+    head = st.radio("New head", ["course", "linear"], horizontal=True, key="transfer_head")
+    scale = st.select_slider("Backbone lr = lr ×", [0.01, 0.1, 0.3, 1.0], value=0.1, key="backbone_lr_scale")
+    status = weights_status(model)
+    if not (status["available"] or status["downloadable"]):
+        st.warning(f"{status['message']}\n\nThis run will be named **… (random init)**.")
+    return {"transfer_mode": mode, "transfer_head": head, "backbone_lr_scale": float(scale)}
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def weights_status(model: str) -> dict:
+    """Cached for a minute: the network check takes up to two seconds and the form reruns on every click."""
+    from explore import transfer
+
+    return transfer.weights_status(model, check_network=True)
+
+
+def lr_finder_panel(build, clicked: bool) -> None:
+    """The LR finder's result under the form, with a button that copies the suggestion into the LR field."""
+    from explore import lr_finder
+
+    if clicked:
+        try:
+            config, _ = apply_limits(settings, build())
+            with st.spinner("Range test: 100 batches with a rising learning rate, on a copy of the model…"):
+                result = lr_finder.find_lr(config, bundle_or_stop(config.data))
+            st.session_state["lr_finder"] = result | {"for": config.model}
+        except (ValueError, NotAllowed) as error:
+            st.error(f"Cannot run the range test: {error}")
+    result = st.session_state.get("lr_finder")
+    if not result:
+        return
+    with st.expander(f"🔎 Learning-rate range test ({result['for']})", expanded=True):
+        chart_col, text_col = st.columns([3, 2])
+        chart_col.altair_chart(lr_finder.chart(result), width="stretch")
+        suggested = result["suggested_lr"]
+        text_col.markdown(f"**Suggested learning rate: {suggested:.1e}** — {result['rule']}."
+                          + (f"  \nSteepest descent at {result['steepest_lr']:.1e}." if result["steepest_lr"] else ""))
+        text_col.caption("The loss barely moves while the rate is tiny, falls fastest in the useful range, then "
+                         "blows up. The test trained a throw-away copy; your run starts fresh.")
+        nearest = min(LEARNING_RATES, key=lambda v: abs(math.log10(v) - math.log10(suggested))) if suggested else None
+        if nearest is not None:
+            text_col.button(f"Use {nearest:g}", key="use_suggested_lr", on_click=set_lr, args=(nearest,),
+                            help="The nearest value on the learning-rate slider")
+
+
+def set_lr(value: float) -> None:
+    st.session_state["lr"] = value  # in a button callback: before the slider is drawn again
 
 
 def shared_config() -> RunConfig | None:
@@ -137,6 +217,18 @@ def shared_config() -> RunConfig | None:
     return config if st.button("Train this configuration", type="primary", key="train_shared") else None
 
 
+def honest_weights(configs: list[RunConfig]) -> list[RunConfig]:
+    """Transfer runs without their ImageNet weights are renamed '(random init)' before they are queued."""
+    if not any(MODELS[c.model].family == "transfer" for c in configs):
+        return configs
+    from explore.transfer import honest_configs
+
+    configs, messages = honest_configs(configs)
+    for message in messages:
+        st.warning(message)
+    return configs
+
+
 def submit(build) -> None:
     """Queue the runs the form built; their ids go into the URL so a refresh finds them.
     In demo mode runs are capped (epochs, image size) and the page says what was changed."""
@@ -146,6 +238,7 @@ def submit(build) -> None:
             return
         configs = configs if isinstance(configs, list) else [configs]
         check_sweep_allowed(settings, len(configs))
+        configs = honest_weights(configs)
         limited = [apply_limits(settings, config) for config in configs]
         run_ids = manager.submit(store, [config for config, _ in limited])
     except (ValueError, StoreError, NotAllowed) as error:
@@ -205,7 +298,10 @@ def live_view(run_ids: list[str], finished_before: set[str]) -> None:
         st.caption("The curves appear after the first epoch.")
         return
     loss_col, acc_col = st.columns(2)
-    for column, metric in ((loss_col, "loss"), (acc_col, "accuracy")):
+    charts = [(loss_col, "loss"), (acc_col, "accuracy")]
+    if any("lr" in m for r in records for m in r.metrics):  # runs from before the lr was recorded have none
+        charts.append((loss_col, report.LR_METRIC))
+    for column, metric in charts:
         column.vega_lite_chart(curves_spec(str(store.root), tuple(run_ids), epochs_so_far, metric), width="stretch")
 
 
@@ -216,6 +312,8 @@ def curves_spec(root: str, run_ids: tuple[str, ...], epochs_so_far: tuple[int, .
     of milliseconds. (epochs_so_far is there for the cache key: a new epoch, a new spec.)"""
     store_here = RunStore(root)  # root is this session's own runs folder
     records = [store_here.load(run_id) for run_id in run_ids]
+    if metric == report.LR_METRIC:  # under the loss curves: StepLR's staircase, cosine's half wave
+        return report.lr_chart(report.curves_for(records)).to_dict()
     return report.curves_chart(report.curves_for(records), metric).to_dict()
 
 
@@ -232,18 +330,85 @@ def final_results(record) -> None:
         value = summary["splits"].get(split, {}).get(key)
         col.metric(label, "—" if value is None else f"{value:.1%}" if key != "auc" else f"{value:.3f}")
     st.dataframe(table, hide_index=True, column_config=PERCENT_COLUMNS)
+    classes = summary.get("classes", [])
+    per_class = report.per_class_table(summary)
+    if len(classes) > 2:  # three classes: the report a student hands in is per class
+        st.markdown("**Per class** (precision: right when it says so; recall: found of those there; F1: both)")
+        st.dataframe(per_class, hide_index=True, column_config=PER_CLASS_COLUMNS)
     matrix_cols = st.columns([1.1, 1.1, 1.3], gap="medium")
     for col, split in zip(matrix_cols, ("val", "test")):
         if split in summary["splits"]:
-            frame = report.confusion_frame(summary["splits"][split]["confusion"], summary.get("classes", []))
-            col.altair_chart(report.confusion_chart(frame, f"confusion · {report.SPLIT_LABELS[split]}"),
-                             width="content")
+            frame = report.confusion_frame(summary["splits"][split]["confusion"], classes)
+            with col:
+                st.altair_chart(report.confusion_chart(frame, f"confusion · {report.SPLIT_LABELS[split]}"),
+                                width="content")
+                cell_buttons(record.run_id, split, summary["splits"][split]["confusion"], classes)
     try:
         roc, aucs = report.roc_frame(store.load_predictions(record.run_id))
         matrix_cols[2].altair_chart(report.roc_chart(roc, aucs), width="stretch")
     except StoreError as error:
         matrix_cols[2].caption(f"No ROC curve: {error}")
+    cell_images(record)
+    if len(classes) <= 2 and not per_class.empty:
+        with st.expander("Per class: precision, recall, F1"):
+            st.dataframe(per_class, hide_index=True, column_config=PER_CLASS_COLUMNS)
+    run_settings(record)
     share_run(record)
+
+
+def cell_buttons(run_id: str, split: str, confusion: list[list[int]], classes: list[str]) -> None:
+    """One button per confusion-matrix cell, laid out like the matrix: a click shows that cell's X-rays."""
+    from explore.attribution import cell_name
+
+    st.caption("Open a cell's X-rays" + (" (laid out like the matrix):" if len(classes) > 2 else ":"))
+    for t, row in enumerate(confusion):
+        for p, (column, count) in enumerate(zip(st.columns(len(row)), row)):
+            label = f"{cell_name(t, p, tuple(classes))} · {count}" if len(classes) == 2 else str(count)
+            column.button(label, key=f"cell-{run_id}-{split}-{t}-{p}",
+                          help=f"true {classes[t]}, predicted {classes[p]}", disabled=count == 0, width="stretch",
+                          on_click=pick_cell, args=(run_id, split, t, p))
+
+
+def pick_cell(run_id: str, split: str, true: int, predicted: int) -> None:
+    st.session_state["train_cell"] = (run_id, split, true, predicted)
+
+
+def cell_images(record) -> None:
+    """The X-rays of the confusion-matrix cell picked above (mistakes: most confident first)."""
+    picked = st.session_state.get("train_cell")
+    if not picked or picked[0] != record.run_id or record.config is None:
+        return
+    _, split, t, p = picked
+    classes = (record.summary or {}).get("classes", [])
+    try:
+        predictions = store.load_predictions(record.run_id)[split]
+    except (StoreError, KeyError) as error:
+        st.caption(f"No predictions to open: {error}")
+        return
+    images = bundle_or_stop(record.config.data).splits[split]
+    if len(images) != len(predictions["labels"]):
+        st.warning("The dataset changed since this run trained: its images no longer match the predictions.")
+        return
+    index = report.cell_examples(predictions, (t, p), limit=8)
+    st.markdown(f"**{report.SPLIT_LABELS[split]} · true {classes[t]}, predicted {classes[p]}** "
+                f"({len(index)} shown{', most confident mistakes first' if t != p else ''})")
+    scores = predictions["probs"]
+    for column, i in zip(st.columns(8), index):  # thumbnails: eight to a row whatever the count
+        score = float(scores[i]) if scores.ndim == 1 else 1 - float(scores[i, 0])
+        column.image(report.grey(images.images[i]), caption=f"{images.ids[i].rsplit('/', 1)[-1]} · "
+                                                          f"P(disease) {score:.2f}", width="stretch")
+
+
+def run_settings(record) -> None:
+    """Everything that decided the run, and the command that reruns it: what a student hands in."""
+    if record.config is None:
+        return
+    from explore.reproduce import reproduce_command, settings_rows
+
+    with st.expander("All settings, and how to reproduce this run"):
+        st.code(reproduce_command(record.config), language="bash", wrap_lines=True)
+        st.caption("Run this in the project folder to train the same run again (same seeds, same data).")
+        st.dataframe(settings_rows(record.config, record.summary), hide_index=True, width="stretch")
 
 
 def share_run(record) -> None:

@@ -52,5 +52,13 @@ def test_models_cli_lists_every_model():
 
 def test_presets_cli():
     out = run_cli("presets", "--json")
-    names = {p["name"] for p in json.loads(out.stdout)}
-    assert {"hw2_bce_vs_ce", "hw3_baseline", "hw3_ann_vs_cnn", "hw3_gap"} <= names
+    presets = json.loads(out.stdout)
+    names = {p["name"] for p in presets}
+    assert {"hw2_bce_vs_ce", "hw3_baseline", "hw3_ann_vs_cnn", "hw3_gap", "lecture_lr_schedules",
+            "lecture_batch_norm"} <= names
+    from explore.config import RunConfig
+
+    for preset in presets:
+        assert set(preset) == {"name", "title", "note", "full", "quick"}
+        for run in preset["full"] + preset["quick"]:
+            assert RunConfig.from_dict(run).to_dict() == run and run["name"]  # the run store's config.json

@@ -89,7 +89,8 @@ def test_labels_name_the_differences_and_are_unique(store):
 def test_curves_are_one_row_per_run_epoch_split_metric(store):
     a = write_run(store, BASE.replace(lr=1e-3), val_accs=(0.5, 0.8))
     rows = compare.curves([store.load(a)])
-    assert len(rows) == 2 * 3 * 2  # epochs × (train, val, test) × (loss, accuracy)
+    assert len(rows) == 2 * 3 * 2 + 2  # epochs × (train, val, test) × (loss, accuracy), + lr per epoch
+    assert rows[rows.metric == "learning rate"].value.tolist() == [1e-3, 1e-3]
     val = rows[(rows.split == "val") & (rows.metric == "accuracy")]
     assert val.value.tolist() == [0.5, 0.8] and val.epoch.tolist() == [1, 2]
     chart = compare.curves_chart(rows, "accuracy", ["val"])

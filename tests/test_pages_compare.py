@@ -70,8 +70,11 @@ def test_compare_overlays_curves_and_tables_the_differences(store, jobs):
     at = AppTest.from_file(COMPARE).run(timeout=60)
     assert not at.exception, at.exception
     assert set(at.multiselect(key="compare_runs").value) == {a, b}  # the newest group is preselected
-    curve_charts = [c for c in charts(at) if "per epoch" in c.proto.spec]
+    curve_charts = [c for c in charts(at) if "per epoch" in c.proto.spec and "learning rate per" not in c.proto.spec]
     assert len(curve_charts) == 2  # accuracy and loss
+    (lr_chart,) = [c for c in charts(at) if "learning rate per epoch" in c.proto.spec]  # under the loss
+    lr = chart_data(lr_chart)
+    assert sorted(set(lr.value)) == [1e-3, 1e-2] and set(lr.metric) == {"learning rate"}
     accuracy = chart_data(curve_charts[0])
     assert set(accuracy.run) == {"slow · lr=0.001", "fast · lr=0.01"}  # both runs' curves, one colour each
     assert set(accuracy.split) == {"train", "val", "test"} and set(accuracy.metric) == {"accuracy"}

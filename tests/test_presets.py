@@ -1,4 +1,10 @@
-from explore.presets import PRESETS
+import re
+
+import pytest
+
+from explore.presets import PRESETS, short_number
+
+WHAT_CHANGES_A_RUN = lambda c: {k: v for k, v in c.to_dict().items() if k not in ("name", "group")}  # noqa: E731
 
 
 def test_homework_settings_are_the_reports():
@@ -21,7 +27,7 @@ def test_every_preset_has_a_two_line_note_and_one_group():
         configs = preset.configs(quick=True)
         assert {c.group for c in configs} == {preset.name}
         assert all(c.data.image_size <= preset.quick_size for c in configs)
-        assert all("(quick)" in c.name for c in configs)
+        assert all("(quick " in c.name for c in configs)
 
 
 def test_quick_keeps_the_number_of_lr_decays():
@@ -29,3 +35,59 @@ def test_quick_keeps_the_number_of_lr_decays():
     quick = PRESETS["hw3_baseline"].configs(quick=True)[0]
     # decays that take effect during training happen after epochs step, 2·step, … < epochs
     assert (full.epochs - 1) // full.step_size == (quick.epochs - 1) // quick.step_size
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_preset_runs_distinct_settings_under_names_that_state_them(name, quick):
+    configs = PRESETS[name].configs(quick=quick)
+    settings = [WHAT_CHANGES_A_RUN(c) for c in configs]
+    assert all(settings.count(s) == 1 for s in settings), f"{name}: two runs train the same settings"
+    assert len({c.name for c in configs}) == len(configs), f"{name}: two runs share a name"
+    for c in configs:
+        assert "{" not in c.name  # every template placeholder was filled
+        # every learning rate, step size, patience or gamma a name states is the one the run uses
+        for value in re.findall(r"\blr ([0-9][^ )]*)", c.name):
+            assert value == short_number(c.lr), c.name
+        for value in re.findall(r"step (\d+)", c.name):
+            assert int(value) == c.step_size and c.scheduler == "step", c.name
+        for value in re.findall(r"patience (\d+)", c.name):
+            assert int(value) == c.early_stopping_patience, c.name
+        for value in re.findall(r"γ (\S+?)\)?$", c.name.split(" (quick")[0]):
+            assert float(value) == c.gamma, c.name
+        if quick:
+            assert f"{c.data.image_size} px" in c.name and f"{c.epochs} epochs" in c.name
+            if PRESETS[name].quick_lr_scale != 1:
+                assert f"×{PRESETS[name].quick_lr_scale:g} lr" in c.name
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_quick_variants_keep_the_lesson_contrast(name):
+    configs = PRESETS[name].configs(quick=True)
+    for c in configs:
+        if c.scheduler == "step":  # the rate decays at least once within the quick run
+            assert c.step_size < c.epochs, c.name
+        if c.early_stopping_patience:  # early stopping can fire before the last epoch
+            assert c.early_stopping_patience < c.epochs - 1, c.name
+    step_sizes = [c.step_size for c in configs if c.scheduler == "step"]
+    if name == "hw2_step_sweep":
+        assert step_sizes == [2, 4, 8] and all(s < configs[0].epochs for s in step_sizes)
+
+
+def test_quick_learning_rates_are_named_by_their_real_value():
+    names = [c.name for c in PRESETS["hw2_lr_sweep"].configs(quick=True)]
+    assert [n.split(" (")[0] for n in names] == ["HW2 lr 3e-4", "HW2 lr 3e-5", "HW2 lr 3e-6"]
+    assert all("(quick ×10 lr" in n for n in names)
+
+
+def test_lecture_presets_compare_schedules_and_batch_norm():
+    schedules = PRESETS["lecture_lr_schedules"].configs()
+    assert [c.scheduler for c in schedules] == ["none", "step", "exponential", "cosine"]
+    assert len({c.model for c in schedules}) == 1
+    without, with_bn = PRESETS["lecture_batch_norm"].configs()
+    assert without.model == with_bn.model == "cnn"
+    assert (without.options()["batch_norm"], with_bn.options()["batch_norm"]) == (False, True)
+    assert without.differences(with_bn).keys() == {"model_options.batch_norm", "name"}
+    # exponential decay over the quick run reaches the same final rate factor as over the full run
+    full_exp, quick_exp = schedules[2], PRESETS["lecture_lr_schedules"].configs(quick=True)[2]
+    assert abs(full_exp.gamma ** full_exp.epochs - quick_exp.gamma ** quick_exp.epochs) < 0.01

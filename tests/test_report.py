@@ -24,6 +24,7 @@ def test_curves_frame_is_long_and_skips_what_cannot_be_drawn():
     rows = sorted(frame.itertuples(index=False, name=None))
     assert rows == sorted([
         (1, "train", "loss", 0.7, "run A"), (1, "train", "accuracy", 0.5, "run A"),
+        (1, "train", "learning rate", 1e-3, "run A"),
         (1, "val", "loss", 0.6, "run A"), (1, "val", "accuracy", 0.6, "run A"),
         (1, "test", "accuracy", 0.4, "run A"),  # the NaN test loss is left out
         (2, "train", "loss", 0.5, "run A"), (2, "train", "accuracy", 0.75, "run A"),
@@ -150,3 +151,15 @@ def test_curves_for_labels_each_run():
     b = RunRecord("b", path=None, metrics=[])
     frame = report.curves_for([a, b])
     assert frame["run"].tolist() == ["a"]
+
+
+def test_learning_rate_is_a_curve_and_has_its_own_chart():
+    records = [{"kind": "epoch", "epoch": e, "train_loss": 1.0 / e, "lr": lr}
+               for e, lr in ((1, 1e-3), (2, 1e-3), (3, 1e-4))]
+    frame = report.curves_frame(records, "step")
+    lr = frame[frame.metric == report.LR_METRIC]
+    assert lr.value.tolist() == [1e-3, 1e-3, 1e-4] and set(lr.split) == {"train"}
+    spec = report.lr_chart(frame).to_dict()
+    assert spec["mark"]["interpolate"] == "step-after" and spec["encoding"]["y"]["scale"]["type"] == "log"
+    # the loss chart is unchanged by the lr rows
+    assert set(report.curves_chart(frame, "loss").data["metric"]) == {"loss"}
