@@ -153,11 +153,12 @@ class JobManager:
               them (read at every submit); default `settings.load_settings` (the environment).
     executor: "process" (default; EXPLORE_EXECUTOR overrides) trains each run in a worker process;
               "thread" trains in a thread of this process (tests that hand the trainer data in-process).
+    max_concurrent=0 makes a queue without workers: runs wait until stopped (page tests of the gate).
     """
 
     def __init__(self, max_concurrent: int | None = None, settings: AppSettings | Callable[[], AppSettings] | None = None,
                  executor: str | None = None):
-        self.max_concurrent = max_concurrent or default_worker_count()
+        self.max_concurrent = default_worker_count() if max_concurrent is None else max_concurrent
         self.executor = executor or os.environ.get("EXPLORE_EXECUTOR", "process")
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, not {self.executor!r}")
@@ -252,7 +253,7 @@ class JobManager:
         for job, epochs in ahead:
             alike = [seconds for key, seconds in speeds if key == job.speed_key]
             work += epochs * (statistics.median(alike) if alike else overall)
-        return work / self.max_concurrent
+        return work / max(1, self.max_concurrent)
 
     def active(self) -> dict[str, list[str]]:
         with self._lock:

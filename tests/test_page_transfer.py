@@ -5,20 +5,23 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explore.data import DataSpec
+from explore.jobs import JobManager
 from explore.store import RunStore
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "transfer.py")
 
 
-class RecordingManager:
-    """Stands in for the job manager: creates the run folders, trains nothing."""
+class RecordingManager(JobManager):
+    """The real gate and queue without workers: records each request (after the gate), trains nothing."""
 
     def __init__(self):
+        super().__init__(max_concurrent=0, executor="thread")
         self.submitted = []
 
     def submit(self, store, configs):
-        self.submitted.append(configs)
-        return [store.create(config) for config in configs]
+        run_ids = super().submit(store, configs)
+        self.submitted.append([store.load(run_id).config for run_id in run_ids])
+        return run_ids
 
 
 @pytest.fixture

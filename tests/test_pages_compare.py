@@ -12,6 +12,7 @@ import pages.common
 from conftest import make_bundle
 from explore.config import RunConfig
 from explore.data import DataSpec
+from explore.jobs import JobManager
 from explore.store import RunStore
 from test_compare import write_run
 
@@ -20,18 +21,17 @@ COMPARE, ARCHITECTURES = str(ROOT / "pages/compare.py"), str(ROOT / "pages/archi
 BASE = RunConfig(data=DataSpec(image_size=32), model="hw3_cnn", epochs=3, name="cnn", group="demo")
 
 
-class FakeJobs:
-    """Stands in for the shared JobManager: records what the page queues, trains nothing."""
+class FakeJobs(JobManager):
+    """The real gate and queue without workers: records what the page queued (after the gate), trains nothing."""
 
     def __init__(self):
+        super().__init__(max_concurrent=0, executor="thread")
         self.submitted = []
 
     def submit(self, store, configs):
-        self.submitted += configs
-        return [store.create(c) for c in configs]
-
-    def active(self):
-        return {"running": [], "queued": []}
+        run_ids = super().submit(store, configs)
+        self.submitted += [store.load(run_id).config for run_id in run_ids]
+        return run_ids
 
 
 @pytest.fixture
