@@ -134,7 +134,7 @@ def apply_limits(settings: AppSettings, config: RunConfig) -> tuple[RunConfig, l
 
 def check_sweep_allowed(settings: AppSettings, n_runs: int) -> None:
     if settings.demo_mode and n_runs > settings.max_sweep_runs:
-        raise NotAllowed(f"demo mode: one request may queue at most {settings.max_sweep_runs} runs ({n_runs} asked)")
+        raise NotAllowed(f"demo mode: a request (sweep, repeat, preset) may queue at most {settings.max_sweep_runs} runs ({n_runs} asked)")
 
 
 def check_session_room(settings: AppSettings, n_runs: int, active_in_session: int) -> None:

@@ -302,3 +302,24 @@ def test_a_finished_run_offers_its_link_and_bundle(store):
     from explore.share import decode_config
 
     assert decode_config(link.removeprefix("?config=")) == store.load(run_id).config
+
+
+def test_demo_mode_caps_a_custom_run_and_refuses_more_than_a_session_may_queue(store, monkeypatch):
+    """The gate is the job manager's: the page only shows the cap it applied, or its refusal."""
+    monkeypatch.setenv("EXPLORE_DEMO_MODE", "1")
+    monkeypatch.setenv("EXPLORE_MAX_QUEUED_PER_SESSION", "1")
+    waiting = JobManager(max_concurrent=0, executor="thread")  # runs wait in the queue: the cap stays reached
+    monkeypatch.setattr(pages.common, "job_manager", lambda: waiting)
+    at = AppTest.from_file(TRAIN_PAGE, default_timeout=60)
+    at.session_state["data_spec"] = DataSpec(image_size=256)  # above the demo's 128 px
+    run_page(at)
+    at.button(key="train_custom").click()
+    run_page(at)
+    assert any("image size capped at 128 px (asked 256)" in i.value for i in at.info)
+    [run_id] = shown_runs(at)
+    config = RunStore(next(store.root.glob("session-*"))).load(run_id).config
+    assert config.data.image_size == 128
+    at.button(key="train_custom").click()
+    run_page(at)
+    assert any("at most 1 of your runs may be queued or training at once" in e.value for e in at.error)
+    assert shown_runs(at) == [run_id]  # the refused request queued nothing

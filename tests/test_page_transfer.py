@@ -67,3 +67,14 @@ def test_run_both_queues_frozen_and_finetuned_as_one_group(page_env, runs_dir):
     assert "MobileNetV3-Small · frozen (random init)" in text and "queued" in text
     assert len(RunStore(runs_dir).list()) == 2
     assert "Approach" in at.dataframe[-1].value.index
+
+
+def test_demo_mode_caps_the_transfer_runs_and_says_so(page_env, monkeypatch):
+    monkeypatch.setenv("EXPLORE_DEMO_MODE", "1")
+    at = run_page(DataSpec(image_size=64))
+    at.checkbox(key="tl_random").check().run()
+    next(b for b in at.button if b.label.startswith("Run both")).click().run()
+    assert not at.exception
+    assert any("image size capped at 128 px (asked 224)" in i.value for i in at.info)
+    (configs,) = page_env.submitted
+    assert [c.data.image_size for c in configs] == [128, 128]
