@@ -45,6 +45,18 @@ def _timed_run(manager, store, config, walls: list | None = None) -> float:
     return wall - record.summary["seconds_total"]
 
 
+def peak_rss_mb(pid: int) -> float | None:
+    """The peak resident memory of a process (Linux: VmHWM), or None where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def bench_workers(settings) -> dict:
     from explore.bench import spread
     from explore.jobs import JobManager
@@ -74,6 +86,7 @@ def bench_workers(settings) -> dict:
         result["process_first_seconds"] = spread([_timed_run(started, store, config, walls["process_first"])])
         result["process_warm_seconds"] = spread([_timed_run(started, store, config, walls["process_warm"])
                                                  for _ in range(settings.repeats)])
+        result["worker_peak_rss_mb"] = peak_rss_mb(started.workers[0].process.pid)
         started.close()
     result["wall_seconds"] = {name: spread(values) for name, values in walls.items()}
     thread = result["thread_seconds"]["median"]
@@ -97,4 +110,6 @@ def format_workers(r: dict) -> list[str]:
             f"  worker process, later runs {fmt(r['process_warm_seconds'], 's', 2)} → {r['extra_warm_seconds']:+.2f} s",
             f"  worker spawned by the same call (interpreter, torch, data) {fmt(r['process_cold_seconds'], 's', 2)}",
             f"  whole wall times: thread {wall['thread']}; process first {wall['process_first']}, "
-            f"later {wall['process_warm']}, spawned by the call {wall['process_cold']}"]
+            f"later {wall['process_warm']}, spawned by the call {wall['process_cold']}",
+            f"  peak RSS of the worker process after these runs: "
+            + (f"{r['worker_peak_rss_mb']:.0f} MB" if r.get("worker_peak_rss_mb") else "n/a")]
