@@ -116,15 +116,24 @@ def progress(status: dict) -> tuple[float, str]:
     return fraction, text
 
 
-def queue_text(position: int | None) -> str:
-    """0 → 'running', 1 → 'next in the queue', n → 'waiting: n−1 runs ahead'."""
+def queue_text(position: int | None, wait_seconds: float | None = None) -> str:
+    """0 → 'running', 1 → 'next in the queue', n → 'waiting: n−1 runs ahead', plus the estimated
+    wait when known (None before any run has finished here to time): 'next in the queue · starts in about 2 min'."""
     if position is None:
         return "not in this server's queue"
     if position == 0:
         return "running"
-    if position == 1:
-        return "next in the queue"
-    return f"waiting: {position - 1} runs ahead"
+    ahead = position - 1
+    text = "next in the queue" if position == 1 else f"waiting: {ahead} run{'s' if ahead > 1 else ''} ahead"
+    return text if wait_seconds is None else f"{text} · {wait_text(wait_seconds)}"
+
+
+def wait_text(seconds: float) -> str:
+    """An honest, rounded wait: 'starts in about 3 min' (from recent runs' speed)."""
+    if seconds < 60:
+        return "starts in less than a minute"
+    minutes = round(seconds / 60)
+    return f"starts in about {minutes} min" if minutes < 90 else f"starts in about {seconds / 3600:.1f} h"
 
 
 def metrics_table(summary: dict | None) -> pd.DataFrame:

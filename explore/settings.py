@@ -11,6 +11,11 @@ app passes in), so the library stays free of Streamlit:
   EXPLORE_DATA_ROOT=PATH     the only folder tree demo mode may read images from
   EXPLORE_MAX_EPOCHS, EXPLORE_MAX_IMAGE_SIZE, EXPLORE_MAX_SWEEP_RUNS,
   EXPLORE_MAX_UPLOAD_MB, EXPLORE_MAX_UPLOAD_FILES   the demo caps (defaults below)
+  EXPLORE_MAX_QUEUED_PER_SESSION   shared server or demo: runs one session may have queued or
+                             training at once (default 8), so one student cannot fill the queue
+
+Every run passes one gate, `gate_request` (called by `JobManager.submit`): pages and the CLI only
+show what it said.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ class AppSettings:
     max_sweep_runs: int = 6
     max_upload_mb: int = 50
     max_upload_files: int = 2000
+    max_queued_per_session: int = 8
 
     @property
     def per_session_runs(self) -> bool:
@@ -51,7 +57,8 @@ class AppSettings:
         return [
             f"image folders only under: {root}",
             f"uploads: at most {self.max_upload_mb} MB and {self.max_upload_files} files",
-            f"at most {self.max_epochs} epochs, {self.max_image_size} px images, {self.max_sweep_runs} runs per sweep",
+            f"at most {self.max_epochs} epochs, {self.max_image_size} px images, {self.max_sweep_runs} runs per request",
+            f"at most {self.max_queued_per_session} of your runs queued or training at once",
             "runs are private to your browser session; other sessions' runs cannot be deleted",
             "uploaded weights are never accepted",
         ]
@@ -82,6 +89,7 @@ def load_settings(env: Mapping[str, str] | None = None, secrets: Mapping | None 
         max_sweep_runs=number("EXPLORE_MAX_SWEEP_RUNS", defaults.max_sweep_runs),
         max_upload_mb=number("EXPLORE_MAX_UPLOAD_MB", defaults.max_upload_mb),
         max_upload_files=number("EXPLORE_MAX_UPLOAD_FILES", defaults.max_upload_files),
+        max_queued_per_session=number("EXPLORE_MAX_QUEUED_PER_SESSION", defaults.max_queued_per_session),
     )
 
 
@@ -126,4 +134,23 @@ def apply_limits(settings: AppSettings, config: RunConfig) -> tuple[RunConfig, l
 
 def check_sweep_allowed(settings: AppSettings, n_runs: int) -> None:
     if settings.demo_mode and n_runs > settings.max_sweep_runs:
-        raise NotAllowed(f"demo mode: a sweep may queue at most {settings.max_sweep_runs} runs ({n_runs} asked)")
+        raise NotAllowed(f"demo mode: a request (sweep, repeat, preset) may queue at most {settings.max_sweep_runs} runs ({n_runs} asked)")
+
+
+def check_session_room(settings: AppSettings, n_runs: int, active_in_session: int) -> None:
+    """On a shared server or in demo mode a session may hold at most `max_queued_per_session` runs."""
+    cap = settings.max_queued_per_session
+    if settings.per_session_runs and active_in_session + n_runs > cap:
+        raise NotAllowed(f"at most {cap} of your runs may be queued or training at once: you have "
+                         f"{active_in_session} and asked for {n_runs} more. Wait for some to finish or stop them.")
+
+
+def gate_request(settings: AppSettings, configs: list[RunConfig],
+                 active_in_session: int = 0) -> tuple[list[RunConfig], list[str]]:
+    """The one gate every request for runs passes: refuse it whole, or return the (capped) configs
+    and one note per change, e.g. 'epochs capped at 15 (asked 30)'."""
+    check_sweep_allowed(settings, len(configs))
+    check_session_room(settings, len(configs), active_in_session)
+    capped = [apply_limits(settings, config) for config in configs]
+    notes = list(dict.fromkeys(note for _, run_notes in capped for note in run_notes))  # once each, in order
+    return [config for config, _ in capped], notes

@@ -117,8 +117,11 @@ class RunStore:
 
     def __init__(self, root: str | Path | None = None, namespace: str | None = None):
         self.root = Path(root) if root is not None else default_runs_root()
+        # Whose runs these are: one browser session on a shared server (its own queue in the job
+        # manager), or "local" for a single user.
+        self.namespace = slug(namespace) if namespace else "local"
         if namespace:
-            self.root = self.root / slug(namespace)
+            self.root = self.root / self.namespace
 
     def ensure_writable(self) -> None:
         try:

@@ -10,6 +10,7 @@ from explore.config import (AUGMENTATIONS, INPUT_NORMS, OPTIMIZERS, PRECISIONS, 
 from explore.data import DataError, DataSpec
 from explore.data.synthetic import KNOBS, resolve_knobs
 from explore.jobs import execute_run
+from explore.settings import NotAllowed, gate_request, load_settings
 from explore.models import MODELS
 from explore.presets import PRESETS
 from explore.store import RunStore, StoreError
@@ -183,9 +184,14 @@ def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         configs = honest_weights(configs_from_args(args))
+        # The same gate as the app's job queue (a demo server's caps apply here too); the CLI
+        # then trains in its own process, one run after another.
+        configs, notes = gate_request(load_settings(), configs)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
         store = RunStore(args.runs_dir)
         store.ensure_writable()
-    except (ValueError, DataError, StoreError) as error:
+    except (ValueError, DataError, StoreError, NotAllowed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return train_all(store, configs, args.json)

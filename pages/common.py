@@ -13,8 +13,8 @@ import streamlit as st
 
 from explore.data import DataError, DataSpec, load_bundle
 from explore.jobs import JobManager
-from explore.settings import AppSettings, load_settings
-from explore.store import RunStore
+from explore.settings import AppSettings, NotAllowed, load_settings
+from explore.store import RunStore, StoreError
 
 
 def _run_through_the_frame() -> None:
@@ -37,8 +37,22 @@ _run_through_the_frame()
 
 @st.cache_resource
 def job_manager() -> JobManager:
-    """One queue per server: a classroom shares the machine through it."""
-    return JobManager()
+    """One queue per server: a classroom shares the machine through it. Its `submit` is the gate
+    that applies the deployment settings (read at every request, secrets.toml included)."""
+    return JobManager(settings=app_settings)
+
+
+def queue_runs(store: RunStore, configs: list) -> list[str] | None:
+    """Queue runs through the job manager's gate and show what it said: the caps it applied
+    (demo mode) or why it refused. Returns the run ids, or None when nothing was queued."""
+    try:
+        run_ids = job_manager().submit(store, configs)
+    except (NotAllowed, StoreError, ValueError) as error:
+        st.error(f"Cannot start: {error}")
+        return None
+    if run_ids.notes:
+        st.info("Demo mode: " + "; ".join(run_ids.notes), icon="🔒")
+    return run_ids
 
 
 def app_settings() -> AppSettings:

@@ -5,7 +5,7 @@ import streamlit as st
 
 from explore import compare, report
 from explore.store import StoreError
-from pages.common import job_manager, run_store, status_badge
+from pages.common import job_manager, queue_runs, run_store, status_badge
 
 st.title("📊 Compare runs")
 store = run_store()
@@ -102,10 +102,8 @@ def base_picker(key: str):
 
 
 def queue(configs, state_key: str) -> None:
-    try:
-        run_ids = job_manager().submit(store, configs)
-    except (StoreError, ValueError) as error:
-        st.error(str(error))
+    run_ids = queue_runs(store, configs)
+    if run_ids is None:
         return
     st.session_state[state_key] = configs[0].group
     st.success(f"Queued {len(run_ids)} runs as group {configs[0].group!r}; they fill in below as they finish.")

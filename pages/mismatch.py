@@ -8,7 +8,7 @@ from explore import mismatch as mm
 from explore.data import DataError
 from explore.device import Placement
 from explore.store import RunStore, StoreError
-from pages.common import cached_bundle, job_manager, run_store
+from pages.common import cached_bundle, queue_runs, run_store
 
 st.title("🏥 Mismatch: why does test score lower than val?")
 st.caption("Val comes from the hospital the model was trained on (site A), test from another one (site B). "
@@ -159,10 +159,12 @@ chosen = [fix.key for fix in fixes if st.checkbox(f"**{fix.title}**: {fix.why}",
 epochs = st.number_input("Epochs per run", 1, 200, int(loaded.config.epochs), key="mismatch_epochs")
 if st.button(f"Queue {len(chosen)} run(s) as one group", disabled=not chosen, type="primary"):
     try:
-        ids = job_manager().submit(store, mm.fix_configs(loaded.config, run_id, chosen, int(epochs)))
-        st.success(f"Queued {len(ids)} run(s); they train in the background (the table below updates).")
-    except (StoreError, ValueError) as error:
+        configs = mm.fix_configs(loaded.config, run_id, chosen, int(epochs))
+    except ValueError as error:
         st.error(f"Could not queue the runs: {error}")
+    else:
+        if (ids := queue_runs(store, configs)) is not None:
+            st.success(f"Queued {len(ids)} run(s); they train in the background (the table below updates).")
 
 rows = mm.fix_table(store, run_id)
 active = any(row["status"] in ("queued", "running") for row in rows)

@@ -14,10 +14,10 @@ from explore import report
 from explore.config import RunConfig
 from explore.models import MODELS
 from explore.presets import PRESETS
-from explore.settings import NotAllowed, apply_limits, check_sweep_allowed
 from explore.share import decode_config, encode_config, export_run_bundle, import_run_bundle
 from explore.store import RunStore, StoreError
-from pages.common import app_settings, bundle_or_stop, current_data_spec, job_manager, run_store, status_badge
+from pages.common import (app_settings, bundle_or_stop, current_data_spec, job_manager, queue_runs, run_store,
+                          status_badge)
 
 LEARNING_RATES = [1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0]
 WEIGHT_DECAYS = [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0]
@@ -231,22 +231,17 @@ def honest_weights(configs: list[RunConfig]) -> list[RunConfig]:
 
 def submit(build) -> None:
     """Queue the runs the form built; their ids go into the URL so a refresh finds them.
-    In demo mode runs are capped (epochs, image size) and the page says what was changed."""
+    The job manager's gate may cap runs (demo mode) or refuse them; the page says what it said."""
     try:
         configs = build()
-        if not configs:
-            return
-        configs = configs if isinstance(configs, list) else [configs]
-        check_sweep_allowed(settings, len(configs))
-        configs = honest_weights(configs)
-        limited = [apply_limits(settings, config) for config in configs]
-        run_ids = manager.submit(store, [config for config, _ in limited])
-    except (ValueError, StoreError, NotAllowed) as error:
+    except ValueError as error:
         st.error(f"Cannot start: {error}")
         return
-    notes = sorted({note for _, run_notes in limited for note in run_notes})
-    if notes:
-        st.info("Demo mode: " + "; ".join(notes))
+    if not configs:
+        return
+    run_ids = queue_runs(store, honest_weights(configs if isinstance(configs, list) else [configs]))
+    if run_ids is None:
+        return
     st.query_params["run"] = run_ids
     st.session_state["train_runs"] = run_ids
 
@@ -288,7 +283,8 @@ def live_view(run_ids: list[str], finished_before: set[str]) -> None:
             fraction, text = report.progress(record.status)
             state_col.progress(fraction, text=text)
         elif record.state == "queued":
-            state_col.write(f"🕒 {report.queue_text(manager.queue_position(record.run_id))}")
+            waiting = report.queue_text(manager.queue_position(record.run_id), manager.estimated_wait(record.run_id))
+            state_col.write(f"🕒 {waiting}")
         else:
             state_col.write(report.outcome_text(record))
         if is_live(record) and stop_col.button("Stop", key=f"stop-{record.run_id}"):

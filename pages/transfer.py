@@ -9,7 +9,7 @@ import streamlit as st
 from explore import compare, report, transfer
 from explore.data import IMAGE_SIZES
 from explore.models import TRANSFER_MODELS
-from pages.common import current_data_spec, job_manager, run_store, status_badge
+from pages.common import current_data_spec, queue_runs, run_store, status_badge
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 LR_SCALES = [0.01, 0.03, 0.1, 0.3, 1.0]
@@ -60,8 +60,8 @@ def queue(modes) -> None:
     configs = [transfer.transfer_config(backbone, m, data=spec, head=head, lr=lr, backbone_lr_scale=lr_scale,
                                         epochs=epochs, image_size=size, frozen_epochs=frozen_epochs,
                                         pretrained=not use_random, quick=quick, group=group) for m in modes]
-    job_manager().submit(store, configs)
-    st.session_state["tl_group"] = group
+    if queue_runs(store, configs) is not None:
+        st.session_state["tl_group"] = group
 
 
 b1, b2 = st.columns(2)

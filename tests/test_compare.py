@@ -142,7 +142,7 @@ def test_sweep_2x2_trains_four_runs_in_one_group(store, monkeypatch):
     monkeypatch.setattr("explore.train.load_bundle", lambda spec: bundle)
     base = BASE.replace(model="lab4_gap", epochs=1, device="cpu", precision="fp32")
     configs = compare.sweep_configs(base, {"lr": [1e-3, 1e-2], "batch_size": [8, 16]}, "sweep-test")
-    manager = JobManager(max_concurrent=1)
+    manager = JobManager(max_concurrent=1, executor="thread")
     run_ids = manager.submit(store, configs)
     assert manager.wait_idle(timeout=120)
     members = [r for r in (store.load(i) for i in store.run_ids()) if r.config.group == "sweep-test"]

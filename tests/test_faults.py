@@ -35,7 +35,7 @@ def test_out_of_memory_ends_that_run_and_the_next_one_works(runs_dir, tiny_data,
 
     monkeypatch.setattr(HW3ConvModel, "forward", forward_that_runs_out)
     store = RunStore(runs_dir)
-    manager = JobManager(max_concurrent=1)
+    manager = JobManager(max_concurrent=1, executor="thread")
     first, second = manager.submit(store, [cfg(name="too big"), cfg(name="after")])
     assert manager.wait_idle(timeout=120)
     failed = store.load(first)

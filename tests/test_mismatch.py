@@ -156,7 +156,7 @@ def test_fixes_queue_as_one_group_and_fill_the_table(run_with_train_dev, bundle,
     store, run_id = run_with_train_dev
     monkeypatch.setattr(explore.train, "load_bundle", lambda spec: bundle)
     base = store.load(run_id).config
-    manager = JobManager(max_concurrent=1)
+    manager = JobManager(max_concurrent=1, executor="thread")
     ids = manager.submit(store, M.fix_configs(base, run_id, ["per_image", "histeq"], epochs=1))
     assert manager.wait_idle(timeout=300)
     rows = M.fix_table(store, run_id)
@@ -176,3 +176,32 @@ def test_cli_prints_the_report(run_with_train_dev, bundle, monkeypatch, capsys):
     assert report["decomposition"]["human_error"] == 0.01
     assert 0.0 <= report["source_classifier"]["auc"] <= 1.0
     assert M.cli_main(["--run", str(store.path(run_id)), "--threshold", "2"]) == 2
+
+
+def test_demo_mode_caps_the_fix_runs_on_the_page(run_with_train_dev, bundle, tmp_path, monkeypatch):
+    """The page queues through the job manager's gate: 40 epochs per fix become the demo's 15, and it says so."""
+    import shutil
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    import pages.common
+
+    store, run_id = run_with_train_dev
+    session_runs = tmp_path / "runs" / "session-visitor"  # demo mode: the runs of this browser session
+    shutil.copytree(store.path(run_id), session_runs / run_id)
+    monkeypatch.setenv("EXPLORE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("EXPLORE_DEMO_MODE", "1")
+    waiting = JobManager(max_concurrent=0, executor="thread")  # the real gate; nothing trains
+    monkeypatch.setattr(pages.common, "job_manager", lambda: waiting)
+    monkeypatch.setattr(pages.common, "cached_bundle", lambda spec: bundle)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages/mismatch.py"), default_timeout=120)
+    at.query_params["session"] = "visitor"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.number_input(key="mismatch_epochs").set_value(40)
+    next(b for b in at.button if b.label.startswith("Queue")).click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("epochs capped at 15 (asked 40)" in i.value for i in at.info)
+    queued = [r for r in RunStore(session_runs).list() if r.run_id != run_id]
+    assert queued and all(r.config.epochs == 15 for r in queued)

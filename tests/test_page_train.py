@@ -1,7 +1,8 @@
 """AppTest for the Train page with the real job queue on tiny in-memory data.
 
-AppTest runs the page in this process, so the shared JobManager's worker thread trains here
-too: tests wait with job_manager().wait_idle() or poll the run store.
+AppTest runs the page in this process; each test gets its own JobManager with the in-process
+(thread) executor, so the tiny data handed to the trainer here reaches it: tests wait with
+job_manager().wait_idle() or poll the run store.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import explore.train
 import pages.common
 from conftest import make_bundle
 from explore.data import DataSpec
+from explore.jobs import JobManager
 from explore.store import RunStore
 
 TRAIN_PAGE = str(Path(__file__).resolve().parents[1] / "pages/train.py")
@@ -26,8 +28,11 @@ def store(runs_dir, monkeypatch) -> RunStore:
     monkeypatch.setenv("EXPLORE_RUNS_DIR", str(runs_dir))
     # Every run trains on a tiny learnable bundle instead of the 2,400-image synthetic set.
     monkeypatch.setattr(explore.train, "load_bundle", lambda spec: make_bundle(32, 64, 32, 32, spec.num_classes))
+    manager = JobManager(max_concurrent=1, executor="thread")
+    monkeypatch.setattr(pages.common, "job_manager", lambda: manager)
     yield RunStore(runs_dir)
-    pages.common.job_manager().wait_idle(120)  # never leave a run training into the next test
+    manager.wait_idle(120)  # never leave a run training into the next test
+    manager.close()
 
 
 def run_page(at: AppTest) -> AppTest:
@@ -192,6 +197,9 @@ class QueueOnly:
     def queue_position(self, run_id):
         return self.position
 
+    def estimated_wait(self, run_id):
+        return 150.0
+
     def active(self):
         return {"running": [], "queued": ["x"]}
 
@@ -212,7 +220,7 @@ def test_a_queued_run_says_how_many_runs_are_ahead(store, monkeypatch):
     at = AppTest.from_file(TRAIN_PAGE, default_timeout=60)
     at.query_params["run"] = run_id
     run_page(at)
-    assert any("waiting: 2 runs ahead" in m.value for m in at.markdown)
+    assert any("waiting: 2 runs ahead · starts in about 2 min" in m.value for m in at.markdown)
     at.button(key=f"stop-{run_id}").click()
     run_page(at)
     assert fake.stopped == [run_id]
@@ -294,3 +302,24 @@ def test_a_finished_run_offers_its_link_and_bundle(store):
     from explore.share import decode_config
 
     assert decode_config(link.removeprefix("?config=")) == store.load(run_id).config
+
+
+def test_demo_mode_caps_a_custom_run_and_refuses_more_than_a_session_may_queue(store, monkeypatch):
+    """The gate is the job manager's: the page only shows the cap it applied, or its refusal."""
+    monkeypatch.setenv("EXPLORE_DEMO_MODE", "1")
+    monkeypatch.setenv("EXPLORE_MAX_QUEUED_PER_SESSION", "1")
+    waiting = JobManager(max_concurrent=0, executor="thread")  # runs wait in the queue: the cap stays reached
+    monkeypatch.setattr(pages.common, "job_manager", lambda: waiting)
+    at = AppTest.from_file(TRAIN_PAGE, default_timeout=60)
+    at.session_state["data_spec"] = DataSpec(image_size=256)  # above the demo's 128 px
+    run_page(at)
+    at.button(key="train_custom").click()
+    run_page(at)
+    assert any("image size capped at 128 px (asked 256)" in i.value for i in at.info)
+    [run_id] = shown_runs(at)
+    config = RunStore(next(store.root.glob("session-*"))).load(run_id).config
+    assert config.data.image_size == 128
+    at.button(key="train_custom").click()
+    run_page(at)
+    assert any("at most 1 of your runs may be queued or training at once" in e.value for e in at.error)
+    assert shown_runs(at) == [run_id]  # the refused request queued nothing

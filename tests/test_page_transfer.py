@@ -5,20 +5,23 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explore.data import DataSpec
+from explore.jobs import JobManager
 from explore.store import RunStore
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "transfer.py")
 
 
-class RecordingManager:
-    """Stands in for the job manager: creates the run folders, trains nothing."""
+class RecordingManager(JobManager):
+    """The real gate and queue without workers: records each request (after the gate), trains nothing."""
 
     def __init__(self):
+        super().__init__(max_concurrent=0, executor="thread")
         self.submitted = []
 
     def submit(self, store, configs):
-        self.submitted.append(configs)
-        return [store.create(config) for config in configs]
+        run_ids = super().submit(store, configs)
+        self.submitted.append([store.load(run_id).config for run_id in run_ids])
+        return run_ids
 
 
 @pytest.fixture
@@ -64,3 +67,14 @@ def test_run_both_queues_frozen_and_finetuned_as_one_group(page_env, runs_dir):
     assert "MobileNetV3-Small · frozen (random init)" in text and "queued" in text
     assert len(RunStore(runs_dir).list()) == 2
     assert "Approach" in at.dataframe[-1].value.index
+
+
+def test_demo_mode_caps_the_transfer_runs_and_says_so(page_env, monkeypatch):
+    monkeypatch.setenv("EXPLORE_DEMO_MODE", "1")
+    at = run_page(DataSpec(image_size=64))
+    at.checkbox(key="tl_random").check().run()
+    next(b for b in at.button if b.label.startswith("Run both")).click().run()
+    assert not at.exception
+    assert any("image size capped at 128 px (asked 224)" in i.value for i in at.info)
+    (configs,) = page_env.submitted
+    assert [c.data.image_size for c in configs] == [128, 128]

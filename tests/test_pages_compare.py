@@ -12,6 +12,7 @@ import pages.common
 from conftest import make_bundle
 from explore.config import RunConfig
 from explore.data import DataSpec
+from explore.jobs import JobManager
 from explore.store import RunStore
 from test_compare import write_run
 
@@ -20,18 +21,17 @@ COMPARE, ARCHITECTURES = str(ROOT / "pages/compare.py"), str(ROOT / "pages/archi
 BASE = RunConfig(data=DataSpec(image_size=32), model="hw3_cnn", epochs=3, name="cnn", group="demo")
 
 
-class FakeJobs:
-    """Stands in for the shared JobManager: records what the page queues, trains nothing."""
+class FakeJobs(JobManager):
+    """The real gate and queue without workers: records what the page queued (after the gate), trains nothing."""
 
     def __init__(self):
+        super().__init__(max_concurrent=0, executor="thread")
         self.submitted = []
 
     def submit(self, store, configs):
-        self.submitted += configs
-        return [store.create(c) for c in configs]
-
-    def active(self):
-        return {"running": [], "queued": []}
+        run_ids = super().submit(store, configs)
+        self.submitted += [store.load(run_id).config for run_id in run_ids]
+        return run_ids
 
 
 @pytest.fixture
@@ -176,3 +176,20 @@ def test_compare_survives_damaged_and_queued_runs(store, jobs):
     assert any("config.json is unreadable" in w.value for w in at.warning)
     table = at.dataframe[0].value
     assert len(table) == 3 and set(table.status) == {"finished", "queued", "damaged"}
+
+
+@pytest.mark.parametrize("tab", ["sweep", "repeat"])
+def test_demo_mode_refuses_a_sweep_or_repeat_above_the_cap(store, jobs, monkeypatch, tab):
+    monkeypatch.setenv("EXPLORE_DEMO_MODE", "1")
+    monkeypatch.setenv("EXPLORE_MAX_SWEEP_RUNS", "2")
+    at = AppTest.from_file(COMPARE)
+    at.query_params["session"] = "demo-visitor"
+    write_run(RunStore(store.root, namespace="session-demo-visitor"), BASE)  # demo mode: this session's runs
+    at.run(timeout=60)
+    if tab == "sweep":
+        at.text_input(key="sweep_values_lr").input("1e-4, 1e-3, 1e-2").run(timeout=60)
+    label = "Queue 3 runs" if tab == "sweep" else "Queue 3 runs (seeds"  # the repeat tab's default: 3 seeds
+    next(b for b in at.button if b.label.startswith(label) and not b.disabled).click().run(timeout=60)
+    assert not at.exception, at.exception
+    assert any("may queue at most 2 runs (3 asked)" in e.value for e in at.error)
+    assert jobs.submitted == []

@@ -155,7 +155,7 @@ def test_mismatch_page_measures_the_gap(app_env):
 
 
 def test_mismatch_page_queues_fixes_as_one_group(app_env, monkeypatch):
-    manager = JobManager(max_concurrent=1)
+    manager = JobManager(max_concurrent=1, executor="thread")
     monkeypatch.setattr(pages.common, "job_manager", lambda: manager)
     at = page("mismatch.py")
     for box in at.checkbox:

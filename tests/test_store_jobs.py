@@ -116,7 +116,7 @@ def test_failed_run_keeps_the_worker_alive(runs_dir, monkeypatch):
 
 def test_queue_limit_and_order(runs_dir, tiny_data):
     store = RunStore(runs_dir)
-    manager = JobManager(max_concurrent=1)
+    manager = JobManager(max_concurrent=1, executor="thread")
     ids = manager.submit(store, [cfg(name=f"run{i}", epochs=1) for i in range(3)])
     positions = [manager.queue_position(i) for i in ids]
     assert positions[0] in (0, 1) and positions[1] is not None and positions[2] is not None
@@ -128,7 +128,7 @@ def test_queue_limit_and_order(runs_dir, tiny_data):
 
 def test_stop_a_running_job_and_a_queued_one(runs_dir, tiny_data):
     store = RunStore(runs_dir)
-    manager = JobManager(max_concurrent=1)
+    manager = JobManager(max_concurrent=1, executor="thread")
     first, second = manager.submit(store, [cfg(epochs=500, batch_size=8), cfg(epochs=1)])
     deadline = time.monotonic() + 30
     while store.load(first).status.get("status") != "running" and time.monotonic() < deadline:

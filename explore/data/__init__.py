@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 
 from .bundle import IMAGE_SIZES, SPLITS, DataBundle, DataError, SkippedFile, Split
+from .disk_cache import load_through_disk
 
 __all__ = [
     "DataBundle", "DataError", "DataSpec", "IMAGE_SIZES", "SPLITS", "SkippedFile", "Split",
@@ -109,6 +110,11 @@ def load_bundle(spec: DataSpec) -> DataBundle:
     """
     if spec.image_size not in IMAGE_SIZES:
         raise DataError(f"image size {spec.image_size} is not one of {IMAGE_SIZES}")
+    # Training workers are separate processes: a bundle decoded by one is read back from disk by the next.
+    return load_through_disk(spec, lambda: _decode(spec))
+
+
+def _decode(spec: DataSpec) -> DataBundle:
     bundle = _load_one(spec.source, spec)
     if spec.test_source and spec.test_source != spec.source:
         bundle = _mix(bundle, _load_one(spec.test_source, spec, for_test=True))
