@@ -14,6 +14,7 @@ from explore import report
 from explore.config import RunConfig
 from explore.models import MODELS
 from explore.presets import PRESETS
+from explore.settings import NotAllowed, gate_request
 from explore.share import decode_config, encode_config, export_run_bundle, import_run_bundle
 from explore.store import RunStore, StoreError
 from pages.common import (app_settings, bundle_or_stop, current_data_spec, job_manager, queue_runs, run_store,
@@ -177,7 +178,7 @@ def lr_finder_panel(build, clicked: bool) -> None:
 
     if clicked:
         try:
-            config, _ = apply_limits(settings, build())
+            (config,), _ = gate_request(settings, [build()])  # the same caps as a queued run
             with st.spinner("Range test: 100 batches with a rising learning rate, on a copy of the model…"):
                 result = lr_finder.find_lr(config, bundle_or_stop(config.data))
             st.session_state["lr_finder"] = result | {"for": config.model}

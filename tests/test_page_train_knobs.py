@@ -10,6 +10,7 @@ import explore.train
 import pages.common
 from conftest import make_bundle
 from explore.data import DataSpec
+from explore.jobs import JobManager
 from explore.store import RunStore
 
 TRAIN_PAGE = str(Path(__file__).resolve().parents[1] / "pages/train.py")
@@ -22,8 +23,10 @@ def store(runs_dir, monkeypatch) -> RunStore:
     tiny = lambda spec: make_bundle(32, 64, 32, 32, spec.num_classes)  # noqa: E731
     monkeypatch.setattr(explore.train, "load_bundle", tiny)
     monkeypatch.setattr(pages.common, "load_bundle", tiny)
+    manager = JobManager(max_concurrent=1, executor="thread")  # in this process, so the tiny data reaches it
+    monkeypatch.setattr(pages.common, "job_manager", lambda: manager)
     yield RunStore(runs_dir)
-    pages.common.job_manager().wait_idle(120)
+    manager.wait_idle(120)
 
 
 def custom_page() -> AppTest:
