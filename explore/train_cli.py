@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from explore.config import AUGMENTATIONS, INPUT_NORMS, OPTIMIZERS, SCHEDULERS, TRANSFER_MODES, RunConfig
+from explore.config import AUGMENTATIONS, INPUT_NORMS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TRANSFER_MODES, RunConfig
 from explore.data import DataError, DataSpec
 from explore.jobs import execute_run
 from explore.models import MODELS
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-source", help="take the test split from another source")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--precision", choices=list(PRECISIONS))
     p.add_argument("--runs-dir", help="where run folders go (default: ./runs or $EXPLORE_RUNS_DIR)")
     p.add_argument("--json", action="store_true", help="JSON lines (default: readable lines)")
     return p
