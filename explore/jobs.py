@@ -103,9 +103,10 @@ class JobManager:
         self._queue: deque[Job] = deque()
         self._running: dict[str, Job] = {}
         self._threads: list[threading.Thread] = []
+        self._worker_runs: list[str | None] = [None] * max_concurrent  # what each worker trains now
         self._wake = threading.Condition(self._lock)
         for index in range(max_concurrent):
-            thread = threading.Thread(target=self._work, name=f"explore-trainer-{index}", daemon=True)
+            thread = threading.Thread(target=self._work, args=(index,), name=f"explore-trainer-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -148,6 +149,20 @@ class JobManager:
         with self._lock:
             return {"running": list(self._running), "queued": [job.run_id for job in self._queue]}
 
+    def overview(self) -> dict:
+        """Workers, queues by session and running runs, for the instructor's class view:
+        {"workers": [{"index", "device", "pid", "run_id"}], "queues": {namespace: [run_id, ...]},
+         "running": {run_id: namespace}}. Workers here are threads of this process (pid = ours)."""
+        gpus = torch.cuda.device_count()
+        with self._lock:
+            workers = [{"index": index, "device": f"cuda:{index % gpus}" if gpus else "cpu", "pid": os.getpid(),
+                        "run_id": run_id} for index, run_id in enumerate(self._worker_runs)]
+            queues: dict[str, list[str]] = {}
+            for job in self._queue:
+                queues.setdefault(job.store.namespace, []).append(job.run_id)
+            running = {run_id: job.store.namespace for run_id, job in self._running.items()}
+        return {"workers": workers, "queues": queues, "running": running}
+
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Block until nothing is queued or running (for tests and the CLI)."""
         deadline = time.monotonic() + timeout
@@ -158,13 +173,14 @@ class JobManager:
             time.sleep(0.05)
         return False
 
-    def _work(self) -> None:
+    def _work(self, index: int) -> None:
         while True:
             with self._lock:
                 while not self._queue:
                     self._wake.wait()
                 job = self._queue.popleft()
                 self._running[job.run_id] = job
+                self._worker_runs[index] = job.run_id
             try:
                 for _ in execute_run(job.store, job.run_id, job.stop.is_set):
                     pass
@@ -173,3 +189,4 @@ class JobManager:
             finally:
                 with self._lock:
                     self._running.pop(job.run_id, None)
+                    self._worker_runs[index] = None

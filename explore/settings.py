@@ -11,11 +11,13 @@ app passes in), so the library stays free of Streamlit:
   EXPLORE_DATA_ROOT=PATH     the only folder tree demo mode may read images from
   EXPLORE_MAX_EPOCHS, EXPLORE_MAX_IMAGE_SIZE, EXPLORE_MAX_SWEEP_RUNS,
   EXPLORE_MAX_UPLOAD_MB, EXPLORE_MAX_UPLOAD_FILES   the demo caps (defaults below)
+  EXPLORE_INSTRUCTOR_TOKEN=SECRET   turns on the instructor's class view: /instructor?token=SECRET
 """
 from __future__ import annotations
 
+import hmac
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -38,6 +40,7 @@ class AppSettings:
     max_sweep_runs: int = 6
     max_upload_mb: int = 50
     max_upload_files: int = 2000
+    instructor_token: str | None = field(default=None, repr=False)  # None: no class view; never printed
 
     @property
     def per_session_runs(self) -> bool:
@@ -82,6 +85,7 @@ def load_settings(env: Mapping[str, str] | None = None, secrets: Mapping | None 
         max_sweep_runs=number("EXPLORE_MAX_SWEEP_RUNS", defaults.max_sweep_runs),
         max_upload_mb=number("EXPLORE_MAX_UPLOAD_MB", defaults.max_upload_mb),
         max_upload_files=number("EXPLORE_MAX_UPLOAD_FILES", defaults.max_upload_files),
+        instructor_token=merged.get("EXPLORE_INSTRUCTOR_TOKEN", "").strip() or None,
     )
 
 
@@ -127,3 +131,14 @@ def apply_limits(settings: AppSettings, config: RunConfig) -> tuple[RunConfig, l
 def check_sweep_allowed(settings: AppSettings, n_runs: int) -> None:
     if settings.demo_mode and n_runs > settings.max_sweep_runs:
         raise NotAllowed(f"demo mode: a sweep may queue at most {settings.max_sweep_runs} runs ({n_runs} asked)")
+
+
+def instructor_allowed(settings: AppSettings, token: str | None) -> bool:
+    """True when `token` (from the page's URL) is the instructor token; always False when none is set.
+
+    compare_digest takes as long for a near miss as for a wild guess, so the time a refusal takes
+    does not tell a student how many leading characters they got right.
+    """
+    if not settings.instructor_token or not token:
+        return False
+    return hmac.compare_digest(settings.instructor_token.encode(), str(token).encode())

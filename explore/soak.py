@@ -41,6 +41,33 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+def child_pids(pid: int) -> list[int]:
+    """Every descendant of a process (worker processes, their helpers), from /proc's children lists."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in task.read_text().split()]
+            except (OSError, ValueError):  # the task ended while we looked
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def tree_rss_mb(pid: int) -> dict:
+    """Resident memory of a process and of all its descendants (runs may train in worker processes)."""
+    own = rss_mb(pid)
+    children = 0.0
+    for child in child_pids(pid):
+        try:
+            children += rss_mb(child)
+        except (OSError, RuntimeError):  # a child that ended (or is a zombie without VmRSS) holds nothing
+            continue
+    return {"server_mb": own, "children_mb": children, "total_mb": own + children}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -117,8 +117,9 @@ class RunStore:
 
     def __init__(self, root: str | Path | None = None, namespace: str | None = None):
         self.root = Path(root) if root is not None else default_runs_root()
+        self.namespace = slug(namespace) if namespace else ""  # "" = the shared root (CLI, one-user app)
         if namespace:
-            self.root = self.root / slug(namespace)
+            self.root = self.root / self.namespace
 
     def ensure_writable(self) -> None:
         try:
