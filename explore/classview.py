@@ -137,7 +137,7 @@ def class_scatter(runs: pd.DataFrame, color: str = "model", projector: bool = Fa
     chart = (diagonal + label + dots).properties(width=size, height=size)
     fonts = (22, 26) if projector else (12, 14)
     return chart.configure_axis(labelFontSize=fonts[0], titleFontSize=fonts[1]).configure_legend(
-        labelFontSize=fonts[0], titleFontSize=fonts[1], symbolSize=400 if projector else 100)
+        labelFontSize=fonts[0], titleFontSize=fonts[1], symbolSize=400 if projector else 100, labelLimit=420)
 
 
 def _run_name(root: str | Path, namespace: str, run_id: str) -> str:

@@ -15,9 +15,10 @@ REFRESH_SECONDS = 3
 PROJECTOR_CSS = """<style>
   .stMainBlockContainer, .stMainBlockContainer p, .stMainBlockContainer li { font-size: 1.45rem; }
   .stMainBlockContainer h1 { font-size: 3.2rem; }
-  [data-testid="stMetricValue"] { font-size: 3.4rem; }
-  [data-testid="stMetricLabel"] p { font-size: 1.4rem; }
-  [data-testid="stDataFrame"] { zoom: 1.4; }
+  .stMainBlockContainer h3 { font-size: 2.2rem; }
+  .stMainBlockContainer [data-testid="stMetricValue"], .stMainBlockContainer [data-testid="stMetricValue"] * {
+    font-size: 3.6rem; line-height: 1.2; }
+  .stMainBlockContainer [data-testid="stMetricLabel"] p { font-size: 1.45rem; }
 </style>"""
 
 if not instructor_allowed(app_settings(), st.query_params.get("token")):
@@ -27,10 +28,11 @@ if not instructor_allowed(app_settings(), st.query_params.get("token")):
     st.stop()
 
 root = default_runs_root()
-top_left, top_right = st.columns([3, 2], vertical_alignment="bottom")
-top_left.title("🧑‍🏫 Class view")
-projector = top_right.toggle("Projector", key="projector", help="Large type and a large chart for the room")
-colour = top_right.segmented_control("Colour dots by", ["model", "preset"], default="model", key="colour") or "model"
+st.title("🧑‍🏫 Class view")
+toggle_col, colour_col = st.columns([1, 3], vertical_alignment="center")
+projector = toggle_col.toggle("Projector", key="projector", help="Large type and a large chart for the room")
+colour = colour_col.segmented_control("Colour dots by", ["model", "preset"], default="model", key="colour",
+                                      label_visibility="collapsed") or "model"
 if projector:
     st.markdown(PROJECTOR_CSS, unsafe_allow_html=True)
 
@@ -42,9 +44,11 @@ def class_results() -> None:
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("finished runs", summary["runs"], help="from every student's session")
     c2.metric("students", summary["sessions"])
-    c3.metric("mean val accuracy (site A)", f"{summary['val_acc']:.1%}" if summary["runs"] else "–")
-    c4.metric("mean test accuracy (site B)", f"{summary['test_acc']:.1%}" if summary["runs"] else "–",
-              delta=f"{-summary['drop']:.1%}" if summary["runs"] else None)
+    c3.metric("val acc, site A", f"{summary['val_acc']:.1%}" if summary["runs"] else "–",
+              help="mean validation accuracy of the finished runs (the training hospital)")
+    c4.metric("test acc, site B", f"{summary['test_acc']:.1%}" if summary["runs"] else "–",
+              delta=f"{-summary['drop']:.1%}" if summary["runs"] else None,
+              help="mean test accuracy of the finished runs (another hospital); the arrow: the change from val")
     if runs.empty:
         st.info("No finished runs yet. Runs appear here, one dot each, as soon as a student's run finishes.")
         return
