@@ -47,9 +47,9 @@ from explore.soak import free_port, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("training", "parity", "precision", "frozen", "live", "attribution", "startup", "data")
-# Run only when asked for (--only soak,watch): they drive Chromium against a running server.
+# Run only when asked for (--only soak,watch,concurrent): they drive Chromium against a running server.
 # course30 is part of the default set on a GPU (on a 2-core CPU it takes about 4 minutes).
-EXTRA_SECTIONS = ("soak", "watch", "course30")
+EXTRA_SECTIONS = ("soak", "watch", "concurrent", "course30")
 
 # The course's reference timings (a Colab T4, 30 epochs at 256 px, from the homework reports).
 # Homework report 000: the CNN "about 70 sec", the ANN "about 10 sec"; the homework trained 30 epochs,
@@ -671,11 +671,18 @@ def bench_watch(settings: Settings) -> dict:
     return results | {"goal": GOALS["live"], "goal_met": results["gc_off"]["slowdown"] <= GOALS["live"]}
 
 
+def bench_concurrent(settings: Settings) -> dict:
+    """Browser sessions AT ONCE on one demo-mode server (3 with --quick, else 10); see explore.soak.run_concurrent."""
+    from explore.soak import run_concurrent
+
+    return run_concurrent(sessions=3 if settings.quick else 10, log=log)
+
+
 # ----------------------------------------------------------------------------- running and printing
 RUNNERS: dict[str, Callable[[Settings], dict]] = {
     "training": bench_training, "parity": bench_parity, "precision": bench_precision, "frozen": bench_frozen, "live": bench_live,
     "attribution": bench_attribution, "startup": bench_startup, "data": bench_data, "soak": bench_soak,
-    "watch": bench_watch, "course30": bench_course30,
+    "watch": bench_watch, "concurrent": bench_concurrent, "course30": bench_course30,
 }
 
 
@@ -843,6 +850,18 @@ def _format_watch(r: dict) -> list[str]:
     return lines
 
 
+def _format_concurrent(r: dict) -> list[str]:
+    met = "goal met" if r["goal_met"] else "goal MISSED"
+    last = r["seconds_to_last_run_finished"]
+    return [f"  {r['sessions']} browser sessions at once on one server (demo mode, {r['data']}), each: Data page, "
+            f"{r['preset']}, Saliency",
+            f"  {r['students_ok']} of {r['sessions']} sessions completed; {r['runs_finished']} of {r['runs']} runs finished"
+            f" ({'all finished' if r['all_finished'] else 'NOT all finished'})",
+            f"  last run finished {last:.0f} s after the sessions opened" if last is not None else "  no run finished",
+            f"  server memory (RSS, worker processes included): idle {r['idle_mb']:.0f} MB, peak {r['peak_total_mb']:.0f} MB "
+            f"(server {r['peak_server_mb']:.0f} + children {r['peak_children_mb']:.0f}; goal ≤ {r['goal_mb']} MB: {met})"]
+
+
 def _format_course30(r: dict) -> list[str]:
     run = r["run"]
     how = f"extrapolated from {r['epochs']} epochs at {r['image_size']} px" if r["extrapolated"] else "measured"
@@ -855,7 +874,8 @@ def _format_course30(r: dict) -> list[str]:
 
 FORMATTERS = {"training": _format_training, "parity": _format_parity, "precision": _format_precision, "frozen": _format_frozen, "live": _format_live,
               "attribution": _format_attribution, "startup": _format_startup, "data": _format_data,
-              "soak": _format_soak, "watch": _format_watch, "course30": _format_course30}
+              "soak": _format_soak, "watch": _format_watch, "concurrent": _format_concurrent,
+              "course30": _format_course30}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -865,7 +885,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
     p.add_argument("--only", default=None,
                    help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)}, and course30 "
-                        f"on a GPU; also {','.join(EXTRA_SECTIONS)}: soak and watch drive Chromium)")
+                        f"on a GPU; also {','.join(EXTRA_SECTIONS)}: soak, watch and concurrent drive Chromium)")
     p.add_argument("--course-workers", type=int, default=0,
                    help="DataLoader num_workers of the course's loop (0: the tutorial default)")
     p.add_argument("--epochs", type=int, help="epochs per training comparison (default 3)")
