@@ -323,7 +323,7 @@ async def student_session(browser, url: str, index: int, timeout_ms: float, log)
     page.on("pageerror", lambda error: errors.append(str(error)))
     marks = {}
     try:
-        await page.goto(url)
+        await page.goto(url, timeout=timeout_ms)  # ten first loads at once can take well over the default 30 s
         await page.get_by_text("Skipped files").wait_for(timeout=timeout_ms)
         marks["data_s"] = time.perf_counter() - started
         await _go_to(page, "Train", timeout_ms)
@@ -364,11 +364,12 @@ async def _all_students(chromium: str, url: str, sessions: int, timeout_ms: floa
             await browser.close()
 
 
-def run_concurrent(sessions: int = 10, timeout_s: float = 900.0, log: Callable[[str], None] = lambda m: None) -> dict:
+def run_concurrent(sessions: int = 10, timeout_s: float = 3600.0, log: Callable[[str], None] = lambda m: None) -> dict:
     """`sessions` students AT ONCE on one server in demo mode with the small data (one Chromium, one
     context each): each loads the Data page, trains the quick HW3 preset and opens Saliency. Records
     whether every run finished, the server's peak resident memory with its child processes (runs may
-    train in worker processes), and the time from the first page load to the last run finished."""
+    train in worker processes), and the time from the first page load to the last run finished.
+    `timeout_s` bounds each step of a session; the last student's run waits behind all the others'."""
     import asyncio
 
     _, chromium = browser_or_reason()
