@@ -192,3 +192,31 @@ def test_page_is_refused_when_no_token_is_configured(page_env, monkeypatch):
     monkeypatch.delenv("EXPLORE_INSTRUCTOR_TOKEN")
     at = open_page(TOKEN)
     assert at.error and not at.get("vega_lite_chart")
+
+
+class BusyJobs(QuietJobs):
+    """One run training for student 2, one queued for student 1."""
+
+    def __init__(self, running: str, queued: str):
+        super().__init__()
+        self.running, self.queued = running, queued
+
+    def overview(self):
+        return {"workers": [{"index": 0, "device": "cpu", "pid": os.getpid(), "run_id": self.running}],
+                "queues": {"session-aaaa1111": [self.queued]}, "running": {self.running: "session-bbbb2222"}}
+
+
+def test_page_shows_the_queue_by_session_and_cancels_any_run(page_env, monkeypatch):
+    queued = write_run(RunStore(os.environ["EXPLORE_RUNS_DIR"], namespace="session-aaaa1111"),
+                       CNN.replace(name="waiting"), status="queued")
+    jobs = BusyJobs(page_env["b_running"], queued)
+    monkeypatch.setattr(pages.common, "job_manager", lambda: jobs)
+    at = open_page(TOKEN)
+    assert not at.exception
+    queue, workers = at.dataframe[0].value, at.dataframe[1].value
+    assert list(queue.state) == ["running", "queued #1"] and list(queue.session) == ["student 2", "student 1"]
+    assert list(queue.name) == ["still going", "waiting"]
+    assert workers.run[0] == "still going" and workers.session[0] == "student 2"
+    at.selectbox(key="cancel_pick").set_value(queued).run()
+    at.button(key="cancel").click().run()
+    assert jobs.stopped == [queued]
