@@ -157,7 +157,7 @@ class TrainingRun:
         if self.placement.device.type == "cpu":
             set_cpu_threads()
             reuse_freed_memory()
-        else:
+        elif self.placement.device.type == "cuda":
             tune_cuda()
         torch.manual_seed(config.seed)
         self.status, self.message = "created", ""
