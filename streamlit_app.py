@@ -21,6 +21,10 @@ PAGES = [  # (file, title, icon); a page appears once its file exists
 
 pages = [st.Page(str(HERE / path), title=title, icon=icon, url_path=Path(path).stem)
          for path, title, icon in PAGES if (HERE / path).exists()]
+# The instructor's class view: reachable by URL only (/instructor?token=...), never listed for students;
+# the page itself refuses without the token (EXPLORE_INSTRUCTOR_TOKEN).
+pages.append(st.Page(str(HERE / "pages/instructor.py"), title="Class view", icon="🧑‍🏫", url_path="instructor",
+                     visibility="hidden"))
 page = st.navigation(pages)
 from pages.common import demo_banner  # noqa: E402  (after set_page_config)
 

@@ -19,7 +19,7 @@ INPUT_NORMS = ("dataset", "per_image", "histeq", "none")
 TRANSFER_MODES = ("none", "frozen", "finetune", "two-phase", "partial")
 TRANSFER_HEADS = ("course", "linear")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)

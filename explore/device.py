@@ -1,8 +1,16 @@
 """Choose the device and precision once; everything else receives them as arguments.
 
-bf16 autocast pays off on CUDA and on CPUs with native bf16 matrix instructions
-(Intel AMX, AVX-512-BF16 on recent Intel/AMD). Elsewhere bf16 is emulated and slower, so
-"auto" falls back to fp32.
+What precision="auto" picks, and why:
+
+  hardware                                   autocast dtype   gradient scaler
+  CUDA, compute capability >= 8.0 (A100, H100, RTX 30xx+)   bf16   no (bf16 has fp32's range)
+  CUDA 7.x (T4, V100: tensor cores for fp16 only)           fp16   yes (small gradients underflow)
+  CUDA below 7.0 (P100, GTX 10xx)                           fp32   no
+  CPU with AMX or AVX-512-BF16                              bf16   no
+  any other CPU                                             fp32   no
+
+`torch.cuda.is_bf16_supported()` is not the test: it is also true where bf16 is only emulated
+(a T4), which trains slower than fp32. "fp32", "bf16" and "fp16" force a dtype anywhere.
 """
 from __future__ import annotations
 
@@ -36,15 +44,41 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """The autocast dtype: bf16 where the hardware has it (or when asked), else fp32."""
-    if precision == "fp32":
-        return torch.float32
-    if precision == "bf16":
+FORCED_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Tensor cores: fp16 from Volta/Turing (7.x), bf16 (and TF32) from Ampere (8.0).
+NATIVE_BF16_CAPABILITY = (8, 0)
+NATIVE_FP16_CAPABILITY = (7, 0)
+
+
+def cuda_dtype_for_capability(capability: tuple[int, int]) -> torch.dtype:
+    """The fastest safe autocast dtype for a GPU of this compute capability (see the table above)."""
+    if tuple(capability) >= NATIVE_BF16_CAPABILITY:
         return torch.bfloat16
+    if tuple(capability) >= NATIVE_FP16_CAPABILITY:
+        return torch.float16
+    return torch.float32
+
+
+def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The autocast dtype: the one asked for, or on "auto" the table in this module's docstring."""
+    if precision in FORCED_DTYPES:
+        return FORCED_DTYPES[precision]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return cuda_dtype_for_capability(torch.cuda.get_device_capability(device))
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def tune_cuda() -> None:
+    """Process-wide CUDA speed settings, for training and inference alike.
+
+    TF32: fp32 matrix products (the parts autocast leaves in fp32, and every fp32 run) use the
+    tensor cores on Ampere and newer at 10 mantissa bits, plenty for training; older GPUs ignore it.
+    cuDNN benchmark: try the convolution algorithms once per input shape and keep the fastest; our
+    shapes repeat every batch (fixed image size and batch size), so the search pays off at once.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
 
 
 @dataclass(frozen=True)
@@ -65,9 +99,41 @@ class Placement:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
+    @property
+    def needs_grad_scaler(self) -> bool:
+        """fp16 only: its smallest normal number is 6e-5, so small gradients would round to zero
+        unless the loss is scaled up before backward (and the gradients down before the step)."""
+        return self.dtype == torch.float16
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler for this placement. Disabled (every call passes straight through) unless fp16,
+        so the training loop has one code path for every precision."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.needs_grad_scaler)
+
+    @property
+    def precision(self) -> str:
+        """"fp32", "bf16" or "fp16": the precision this placement trains in."""
+        return {dtype: name for name, dtype in FORCED_DTYPES.items()}[self.dtype]
+
+    @property
+    def device_name(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
+
+    @property
+    def device_index(self) -> int | None:
+        """The GPU's index (cuda:i); None on the CPU."""
+        if self.device.type != "cuda":
+            return None
+        return self.device.index if self.device.index is not None else torch.cuda.current_device()
+
+    def record(self) -> dict:
+        """What a run's summary says about where it ran: device name, index and precision."""
+        return {"device_name": self.device_name, "device_index": self.device_index, "precision": self.precision,
+                "grad_scaler": self.needs_grad_scaler}
+
     def describe(self) -> str:
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
-        return f"{name} ({self.device.type}, {str(self.dtype).removeprefix('torch.')})"
+        index = f":{self.device_index}" if self.device.type == "cuda" else ""
+        return f"{self.device_name} ({self.device.type}{index}, {self.precision})"
 
 
 def set_cpu_threads() -> int:

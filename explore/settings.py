@@ -16,11 +16,13 @@ app passes in), so the library stays free of Streamlit:
 
 Every run passes one gate, `gate_request` (called by `JobManager.submit`): pages and the CLI only
 show what it said.
+  EXPLORE_INSTRUCTOR_TOKEN=SECRET   turns on the instructor's class view: /instructor?token=SECRET
 """
 from __future__ import annotations
 
+import hmac
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -44,6 +46,7 @@ class AppSettings:
     max_upload_mb: int = 50
     max_upload_files: int = 2000
     max_queued_per_session: int = 8
+    instructor_token: str | None = field(default=None, repr=False)  # None: no class view; never printed
 
     @property
     def per_session_runs(self) -> bool:
@@ -90,6 +93,7 @@ def load_settings(env: Mapping[str, str] | None = None, secrets: Mapping | None 
         max_upload_mb=number("EXPLORE_MAX_UPLOAD_MB", defaults.max_upload_mb),
         max_upload_files=number("EXPLORE_MAX_UPLOAD_FILES", defaults.max_upload_files),
         max_queued_per_session=number("EXPLORE_MAX_QUEUED_PER_SESSION", defaults.max_queued_per_session),
+        instructor_token=merged.get("EXPLORE_INSTRUCTOR_TOKEN", "").strip() or None,
     )
 
 
@@ -154,3 +158,15 @@ def gate_request(settings: AppSettings, configs: list[RunConfig],
     capped = [apply_limits(settings, config) for config in configs]
     notes = list(dict.fromkeys(note for _, run_notes in capped for note in run_notes))  # once each, in order
     return [config for config, _ in capped], notes
+        raise NotAllowed(f"demo mode: a sweep may queue at most {settings.max_sweep_runs} runs ({n_runs} asked)")
+
+
+def instructor_allowed(settings: AppSettings, token: str | None) -> bool:
+    """True when `token` (from the page's URL) is the instructor token; always False when none is set.
+
+    compare_digest takes as long for a near miss as for a wild guess, so the time a refusal takes
+    does not tell a student how many leading characters they got right.
+    """
+    if not settings.instructor_token or not token:
+        return False
+    return hmac.compare_digest(settings.instructor_token.encode(), str(token).encode())

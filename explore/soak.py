@@ -11,11 +11,16 @@ manager loaded once for everyone) is the cost of the server.
 
 Watch: the training speed of one run while a tab shows it live, and after the tab is closed.
 
-Used by `python -m explore bench --only soak,watch` (figures in BENCHMARKS.md). Needs the `playwright`
+Concurrent: many students AT ONCE (one Chromium, a context each), each through Data → the quick
+HW3 preset → Saliency, with the server's peak memory (children included) and the time to the last
+run finished.
+
+Used by `python -m explore bench --only soak,watch,concurrent` (figures in BENCHMARKS.md). Needs the `playwright`
 package and Chromium at /usr/bin/chromium (or EXPLORE_CHROMIUM); without them it says so.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -39,6 +44,33 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Every descendant of a process (worker processes, their helpers), from /proc's children lists."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in task.read_text().split()]
+            except (OSError, ValueError):  # the task ended while we looked
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def tree_rss_mb(pid: int) -> dict:
+    """Resident memory of a process and of all its descendants (runs may train in worker processes)."""
+    own = rss_mb(pid)
+    children = 0.0
+    for child in child_pids(pid):
+        try:
+            children += rss_mb(child)
+        except (OSError, RuntimeError):  # a child that ended (or is a zombie without VmRSS) holds nothing
+            continue
+    return {"server_mb": own, "children_mb": children, "total_mb": own + children}
 
 
 def free_port() -> int:
@@ -221,3 +253,149 @@ def run_soak(sessions: int = 20, epochs: int = 2, settle_s: float = 3.0,
             "growth_after_first_mb": final - after_first,
             "slope_mb_per_session": least_squares_slope(readings[1:]),
             "session_seconds": seconds}
+
+
+# ----------------------------------------------------------------------------- many students at once
+def runs_summary(runs: Path) -> dict:
+    """State and finish time of every run under `runs` (all sessions' folders)."""
+    states, finished = {}, []
+    for status_path in runs.rglob("status.json"):
+        try:
+            status = json.loads(status_path.read_text())
+        except (OSError, ValueError):
+            continue
+        states[status_path.parent.name] = status.get("status")
+        if status.get("finished"):
+            finished.append(float(status["finished"]))
+    return {"states": states, "last_finished": max(finished, default=None)}
+
+
+class MemorySampler:
+    """Reads the server's resident memory, children included, every `interval_s` in a background thread."""
+
+    def __init__(self, pid: int, interval_s: float = 0.5):
+        import threading
+
+        self.pid, self.interval_s = pid, interval_s
+        self.peak = {"server_mb": 0.0, "children_mb": 0.0, "total_mb": 0.0}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                now = tree_rss_mb(self.pid)
+            except (OSError, RuntimeError):  # the server is gone
+                return
+            self.peak = {k: max(self.peak[k], now[k]) for k in self.peak}
+            self.samples += 1
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+async def _idle(page, timeout_ms: float) -> None:
+    """Streamlit has finished the script run (no 'Running…' status widget)."""
+    await page.wait_for_selector("[data-testid='stApp']", timeout=timeout_ms)
+    await page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                                 timeout=timeout_ms)
+
+
+async def _go_to(page, title: str, timeout_ms: float) -> None:
+    await page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click(timeout=timeout_ms)
+    await _idle(page, timeout_ms)
+
+
+async def student_session(browser, url: str, index: int, timeout_ms: float, log) -> dict:
+    """One student, as the course's first lab goes: the Data page, the quick HW3 preset trained to the
+    end on the Data page's (small) images, then Saliency maps on that run. Returns timings and errors."""
+    started = time.perf_counter()
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    marks = {}
+    try:
+        await page.goto(url, timeout=timeout_ms)  # ten first loads at once can take well over the default 30 s
+        await page.get_by_text("Skipped files").wait_for(timeout=timeout_ms)
+        marks["data_s"] = time.perf_counter() - started
+        await _go_to(page, "Train", timeout_ms)
+        await page.get_by_role("tab", name=re.compile("Homework presets")).wait_for(timeout=timeout_ms)
+        await page.locator("[data-testid='stSelectbox']").filter(has_text="Preset").click(timeout=timeout_ms)
+        await page.get_by_role("option", name="HW3 · CNN baseline").click(timeout=timeout_ms)
+        await page.get_by_text("quick variant:").wait_for(timeout=timeout_ms)
+        await page.get_by_text("Use the Data page's image size").click(timeout=timeout_ms)
+        await _idle(page, timeout_ms)
+        await page.get_by_role("button", name=re.compile("Train this preset")).click(timeout=timeout_ms)
+        await page.get_by_text(re.compile(r"trained \d+ epochs")).first.wait_for(timeout=timeout_ms)
+        marks["trained_s"] = time.perf_counter() - started
+        await _go_to(page, "Saliency", timeout_ms)
+        column = page.get_by_test_id("stColumn").filter(has_text="Test · site B (other hospital)").last
+        await column.locator("[data-testid='stImage'] img").first.wait_for(timeout=timeout_ms)
+        marks["saliency_s"] = time.perf_counter() - started
+        tracebacks = await page.get_by_test_id("stException").count()
+        ok = tracebacks == 0
+    except Exception as error:  # one student's failure is reported, the others go on
+        ok, tracebacks = False, None
+        errors.append(f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
+    finally:
+        await context.close()
+    log(f"  concurrent: student {index + 1} {'done' if ok else 'FAILED'} after {time.perf_counter() - started:.0f} s")
+    return {"ok": ok, "errors": [e for e in errors if "ResizeObserver" not in e], "tracebacks": tracebacks, **marks}
+
+
+async def _all_students(chromium: str, url: str, sessions: int, timeout_ms: float, log) -> list[dict]:
+    import asyncio
+
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            return await asyncio.gather(*(student_session(browser, url, i, timeout_ms, log) for i in range(sessions)))
+        finally:
+            await browser.close()
+
+
+def run_concurrent(sessions: int = 10, timeout_s: float = 3600.0, log: Callable[[str], None] = lambda m: None) -> dict:
+    """`sessions` students AT ONCE on one server in demo mode with the small data (one Chromium, one
+    context each): each loads the Data page, trains the quick HW3 preset and opens Saliency. Records
+    whether every run finished, the server's peak resident memory with its child processes (runs may
+    train in worker processes), and the time from the first page load to the last run finished.
+    `timeout_s` bounds each step of a session; the last student's run waits behind all the others'."""
+    import asyncio
+
+    _, chromium = browser_or_reason()
+    if _ is None:
+        return {"available": False, "note": f"the concurrent soak {chromium}"}
+    with tempfile.TemporaryDirectory(prefix="explore-concurrent-") as tmp:
+        server, url = start_server(Path(tmp), EXPLORE_DEMO_MODE="1")
+        runs = Path(tmp) / "runs"
+        try:
+            idle = tree_rss_mb(server.pid)
+            with MemorySampler(server.pid) as memory:
+                started_wall, started = time.time(), time.perf_counter()
+                students = asyncio.run(_all_students(chromium, url, sessions, timeout_s * 1000, log))
+                seconds = time.perf_counter() - started
+            summary = runs_summary(runs)
+        finally:
+            stop_server(server)
+    states = list(summary["states"].values())
+    last = summary["last_finished"]
+    return {"available": True, "sessions": sessions, "demo_mode": True,
+            "data": "EXPLORE_DEMO_SMALL=1 (240 train images, 64 px)", "preset": "HW3 · CNN baseline, quick, 64 px",
+            "students_ok": sum(s["ok"] for s in students), "runs": len(states),
+            "runs_finished": states.count("finished"), "all_finished": len(states) == sessions and
+            all(s == "finished" for s in states),
+            "idle_mb": idle["total_mb"], "peak_server_mb": memory.peak["server_mb"],
+            "peak_children_mb": memory.peak["children_mb"], "peak_total_mb": memory.peak["total_mb"],
+            "memory_samples": memory.samples, "goal_mb": 2500, "goal_met": memory.peak["total_mb"] <= 2500,
+            "seconds_to_last_run_finished": (last - started_wall) if last else None,
+            "seconds_all_sessions": seconds, "students": students}

@@ -26,7 +26,7 @@ from torch import nn
 from explore import augment as augmentations
 from explore.config import RunConfig
 from explore.data import DataBundle, load_bundle
-from explore.device import Placement, reuse_freed_memory, set_cpu_threads
+from explore.device import Placement, reuse_freed_memory, set_cpu_threads, tune_cuda
 from explore.metrics import binary_report
 from explore.models import MODELS, build_model, count_parameters
 
@@ -157,6 +157,8 @@ class TrainingRun:
         if self.placement.device.type == "cpu":
             set_cpu_threads()
             reuse_freed_memory()
+        elif self.placement.device.type == "cuda":
+            tune_cuda()
         torch.manual_seed(config.seed)
         self.status, self.message = "created", ""
         self.history: list[dict] = []
@@ -168,6 +170,8 @@ class TrainingRun:
         self.pipeline = InputPipeline(config, self.bundle.train.images)
         self.data = self._place_data()
         self.loss_fn = make_loss(config, self.data["train"][1], self.bundle.num_classes, self.placement.device)
+        # fp16 only (a T4's fast path): scales the loss so small gradients survive fp16; a pass-through otherwise
+        self.scaler = self.placement.grad_scaler()
         self.setup_seconds = time.perf_counter() - started
 
     # ----- setup -----------------------------------------------------------------------
@@ -279,6 +283,7 @@ class TrainingRun:
         n = len(images)
         batches = math.ceil(n / config.batch_size)
         optimizer = make_optimizer(config, self.param_groups())
+        scaler = self.scaler
         scheduler, per_batch = make_scheduler(config, optimizer, config.epochs, batches)
         shuffle = torch.Generator().manual_seed(config.seed)
         aug_generator = torch.Generator(device=device).manual_seed(config.seed + 7)
@@ -316,8 +321,9 @@ class TrainingRun:
                     yield {"kind": "end", "status": self.status, "message": self.message}
                     return
                 optimizer.zero_grad(set_to_none=True)
-                (loss / len(y)).backward()
-                optimizer.step()
+                scaler.scale(loss / len(y)).backward()
+                scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then
+                scaler.update()  # lowers the scale; raises it again after a run of clean steps
                 if per_batch:
                     scheduler.step()
                 loss_sum += loss.detach()
@@ -414,6 +420,7 @@ class TrainingRun:
             "params_total": total,
             "params_trainable": trainable,
             "device": self.placement.describe(),
+            **self.placement.record(),  # device_name, device_index, precision, grad_scaler
             "weights": self.weights_name,
             "weights_message": getattr(self.model, "weights_message", None),
             "classes": list(self.bundle.classes),

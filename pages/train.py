@@ -11,7 +11,7 @@ import streamlit as st
 import torch
 
 from explore import report
-from explore.config import RunConfig
+from explore.config import PRECISIONS, RunConfig
 from explore.models import MODELS
 from explore.presets import PRESETS
 from explore.settings import NotAllowed, gate_request
@@ -90,7 +90,9 @@ def custom_config() -> RunConfig | None:
         name = name_col.text_input("Name", "", key="run_name", placeholder="automatic")
         device_col, precision_col = st.columns(2)
         device = device_col.selectbox("Device", ["auto", "cpu", "cuda"], key="device")
-        precision = precision_col.selectbox("Precision", ["auto", "fp32", "bf16"], key="precision")
+        precision = precision_col.selectbox("Precision", list(PRECISIONS), key="precision",
+                                             help="auto: bf16 on GPUs from compute capability 8.0 and CPUs with AMX/AVX-512-BF16, "
+                                                  "fp16 with a gradient scaler on 7.x GPUs (T4, V100), else fp32")
     with middle:
         st.markdown("**Optimiser and schedule**")
         optimizer = st.selectbox("Optimiser", list(OPTIMIZERS), index=3, format_func=OPTIMIZERS.get, key="optimizer")
