@@ -45,7 +45,8 @@ def namespaces(root: str | Path) -> list[str]:
 
 
 def _store(root: str | Path, namespace: str) -> RunStore:
-    return RunStore(root, namespace=namespace or None)
+    # "" (a folder listing) and "local" (the job manager) both mean the runs kept directly in the root
+    return RunStore(root, namespace=None if namespace in ("", "local") else namespace)
 
 
 def session_labels(root: str | Path) -> dict[str, str]:
