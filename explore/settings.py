@@ -158,7 +158,6 @@ def gate_request(settings: AppSettings, configs: list[RunConfig],
     capped = [apply_limits(settings, config) for config in configs]
     notes = list(dict.fromkeys(note for _, run_notes in capped for note in run_notes))  # once each, in order
     return [config for config, _ in capped], notes
-        raise NotAllowed(f"demo mode: a sweep may queue at most {settings.max_sweep_runs} runs ({n_runs} asked)")
 
 
 def instructor_allowed(settings: AppSettings, token: str | None) -> bool:
