@@ -57,10 +57,12 @@ def session_labels(root: str | Path) -> dict[str, str]:
         if ids:
             first_run[namespace] = min(ids)
     ordered = sorted(first_run, key=lambda ns: (first_run[ns], ns))
-    labels = {ns: ("this server (no session)" if ns == "" else f"student {i}") for i, ns in enumerate(ordered, start=1)}
-    if "" in labels:  # the job manager calls the runs kept directly in the root "local"
-        labels["local"] = labels[""]
-    return labels
+    return {ns: ("this server (no session)" if ns == "" else f"student {i}") for i, ns in enumerate(ordered, start=1)}
+
+
+def _folder(namespace: str) -> str:
+    """The job manager calls the runs kept directly in the root "local"; the folder listing calls them ""."""
+    return "" if namespace == "local" else namespace
 
 
 def _preset(record: RunRecord) -> str:
@@ -161,11 +163,11 @@ def queue_rows(overview: dict, root: str | Path, labels: dict[str, str] | None =
     labels = labels if labels is not None else session_labels(root)
     rows = []
     for run_id, namespace in overview.get("running", {}).items():
-        rows.append({"session": labels.get(namespace, "new session"), "state": "running", "run_id": run_id,
+        rows.append({"session": labels.get(_folder(namespace), "new session"), "state": "running", "run_id": run_id,
                      "name": _run_name(root, namespace, run_id), "progress": _progress(root, namespace, run_id)})
     for namespace, run_ids in overview.get("queues", {}).items():
         for position, run_id in enumerate(run_ids, start=1):
-            rows.append({"session": labels.get(namespace, "new session"), "state": f"queued #{position}",
+            rows.append({"session": labels.get(_folder(namespace), "new session"), "state": f"queued #{position}",
                          "run_id": run_id, "name": _run_name(root, namespace, run_id), "progress": ""})
     return pd.DataFrame(rows, columns=["session", "state", "run_id", "name", "progress"])
 
@@ -179,7 +181,7 @@ def worker_rows(overview: dict, root: str | Path, labels: dict[str, str] | None 
         run_id = worker.get("run_id")
         namespace = running.get(run_id)
         rows.append({"worker": worker["index"], "device": worker["device"], "pid": worker.get("pid"),
-                     "session": labels.get(namespace, "") if run_id else "",
+                     "session": labels.get(_folder(namespace), "") if run_id else "",
                      "run": _run_name(root, namespace or "", run_id) if run_id and namespace is not None else "idle"})
     return pd.DataFrame(rows, columns=["worker", "device", "pid", "session", "run"])
 

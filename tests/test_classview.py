@@ -107,7 +107,7 @@ def test_overview_shape_queues_by_session_and_cancel(runs_dir, monkeypatch):
     bundle = make_bundle(size=32, n_train=64, n_val=32, n_test=32)
     monkeypatch.setattr("explore.train.load_bundle", lambda spec: bundle)
     a, b = RunStore(runs_dir, namespace="session-a"), RunStore(runs_dir, namespace="session-b")
-    manager = JobManager(max_concurrent=1)
+    manager = JobManager(max_concurrent=1, executor="thread")  # in this process: the tiny data reaches it
     [long_run] = manager.submit(a, [CNN.replace(epochs=500, batch_size=8, precision="fp32")])
     queued_a = manager.submit(a, [CNN.replace(epochs=1)])
     queued_b = manager.submit(b, [CNN.replace(epochs=1)])
@@ -132,7 +132,7 @@ def test_overview_shape_queues_by_session_and_cancel(runs_dir, monkeypatch):
     assert manager.wait_idle(timeout=60)
     assert b.load(queued_b[0]).state == "stopped" and a.load(long_run).state == "stopped"
     assert manager.overview() == {"workers": [{"index": 0, "device": overview["workers"][0]["device"],
-                                               "pid": os.getpid(), "run_id": None}], "queues": {}, "running": {}}
+                                               "pid": None, "run_id": None}], "queues": {}, "running": {}}  # idle
 
 
 # ----- the page ---------------------------------------------------------------------------
