@@ -238,3 +238,38 @@ def test_lesion_mask_scales_boxes_and_metadata_tables(tiny_bundle):
     assert mask[0, :4, 4:].all() and not mask[0, 4:, :].any() and not mask[0, :, :4].any()
     assert age_group(5) == "0–17" and age_group(float("nan")) == "unknown" and age_group(85) == "80+"
     assert label_table(tiny_bundle, "view") == []
+
+
+def test_demo_mode_checks_both_xrv_paths(tmp_path):
+    from explore.settings import NotAllowed, check_source_allowed, load_settings
+
+    root = tmp_path / "data"
+    (root / "nih").mkdir(parents=True)
+    settings = load_settings(env={"EXPLORE_DEMO_MODE": "1", "EXPLORE_DATA_ROOT": str(root)})
+    check_source_allowed(settings, f"xrv:nih:{root / 'nih'}")
+    check_source_allowed(settings, f"xrv:nih:{root / 'nih'};labels={root / 'labels.csv'}")
+    for outside in (f"xrv:nih:/etc", f"xrv:nih:{root / 'nih'};labels=/etc/passwd"):
+        with pytest.raises(NotAllowed, match="outside the allowed data folder"):
+            check_source_allowed(settings, outside)
+
+
+def test_data_page_shows_label_vs_view_for_a_public_set(nih_dir, monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("EXPLORE_RUNS_DIR", str(tmp_path / "runs"))
+    root = nih_dir[0]
+    page = str(Path(__file__).resolve().parents[1] / "pages/data.py")
+    at = AppTest.from_file(page, default_timeout=120)
+    at.session_state["data_spec"] = DataSpec(source=f"xrv:nih:{root}", image_size=64)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert any("Label vs view" in h.value for h in at.subheader)
+    assert at.selectbox(key="source_xrv_name").value == "nih"
+    assert at.text_input(key="source_xrv_dir").value == str(root)
+    text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
+    assert "rows have no image in the folder" in text and "split **by patient**" in text
+    tables = [t.value for t in at.dataframe]
+    assert any("view position" in t.columns for t in tables)
