@@ -16,6 +16,7 @@ COMMANDS = {
     "fetch-weights": ("explore.transfer", "download ImageNet weights into the torch hub cache"),
     "attribute": ("explore.attribution", "write saliency overlays for a finished run"),
     "mismatch": ("explore.mismatch", "internal vs external metrics and the error decomposition"),
+    "adapt": ("explore.adapt", "adapt a finished run to its test hospital (AdaBN, few-shot, histogram matching)"),
     "bench": ("explore.bench", "measure speed: fast path vs the course's loop, and more"),
 }
 
