@@ -123,3 +123,27 @@ def test_cli_prints_before_and_after(finished_run, bundle, capsys, monkeypatch):
     from explore.cli import main
     assert main(["adapt", "--run", str(store.root / run_id), "--method", "finetune", "--k", "128"]) == 2
     assert "between 1 and" in capsys.readouterr().err
+
+
+def test_mismatch_page_adapts_and_shows_before_and_after(finished_run, bundle, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    import pages.common
+
+    store, _run_id = finished_run
+    monkeypatch.setenv("EXPLORE_RUNS_DIR", str(store.root))
+    monkeypatch.setattr(pages.common, "cached_bundle", lambda spec: bundle)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages/mismatch.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.checkbox(key="adapt_bn").value and not at.checkbox(key="adapt_bn").disabled  # hw3_ann has BN
+    at.select_slider(key="adapt_k").set_value(8)
+    at.button(key="adapt_go").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    frame = at.dataframe[-1].value
+    assert list(frame["when"]) == ["before", "after"] * 3
+    assert frame[frame["fix"].str.startswith("Few-shot")]["test images"].tolist() == [56, 56]
+    assert sum("gap" in m.value for m in at.markdown) == 3
