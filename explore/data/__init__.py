@@ -3,7 +3,8 @@
 Source strings (the same in the UI, the CLI and RunConfig):
   "synthetic"            the built-in two-site chest X-ray set (site A: train/val, site B: test)
   "folder:PATH"          PATH/{train,val,test}/CLASS/* or PATH/CLASS/* (split by seed)
-  "medmnist:FILE.npz"    a MedMNIST PneumoniaMNIST npz
+  "medmnist:FILE.npz"    a MedMNIST PneumoniaMNIST npz, or ChestMNIST (chestmnist*.npz: NIH
+                         adults, label 6 = PNEUMONIA, no finding = NORMAL; see data/chestmnist.py)
   "xrv:NAME:IMAGE_DIR"   a public set as downloaded (nih, rsna, padchest, chexpert), labels
                          from torchxrayvision's CSVs; split by patient (see data/xrv.py)
 
@@ -85,8 +86,11 @@ def _load_one(source: str, spec: DataSpec, for_test: bool = False) -> DataBundle
         from .xrv import load_xrv
 
         return load_xrv(arg, image_size=spec.image_size, seed=spec.seed, all_as_test=for_test)
+    from .chestmnist import is_chestmnist, load_chestmnist
     from .medmnist import load_medmnist
 
+    if is_chestmnist(arg):  # NIH adults, 14 labels mapped to NORMAL / PNEUMONIA
+        return load_chestmnist(arg, image_size=spec.image_size, all_as_test=for_test)
     return load_medmnist(arg, image_size=spec.image_size)
 
 
