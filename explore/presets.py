@@ -28,6 +28,12 @@ HW2_BASE = dict(model="hw2_mlp", optimizer="adam", lr=3e-6, scheduler="step", st
                 batch_size=128, epochs=30)
 
 
+# The one-click real mismatch: MedMNIST's files where MedMNIST keeps them (the Data page's "Real data"
+# card fetches them, or says where to put them offline). ChestMNIST is mapped to 2 classes by label 6.
+REAL_MISMATCH_DATA = DataSpec(source="medmnist:~/.medmnist/pneumoniamnist_128.npz",
+                              test_source="medmnist:~/.medmnist/chestmnist_128.npz", image_size=128)
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -38,6 +44,7 @@ class Preset:
     quick_epochs: int = 8
     quick_lr_scale: float = 1.0  # tiny course learning rates need a boost when epochs are cut
     tags: tuple[str, ...] = field(default=())
+    own_data: bool = False  # True: the runs keep the preset's DataSpec (the Train page does not swap in its own)
 
     def configs(self, quick: bool = False, group: str | None = None) -> list[RunConfig]:
         """The runs to queue; `quick` shrinks image size and epochs (the page says so)."""
@@ -119,6 +126,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
          _cfg("momentum 0.9 lr 0.01", **(HW3_BASE | {"optimizer": "momentum", "lr": 0.01, "scheduler": "none",
                                                      "epochs": 15})),
          _cfg("Adam lr 1e-3", **(HW3_BASE | {"scheduler": "none", "epochs": 15})))),
+    Preset(
+        "real_mismatch", "Real mismatch: pediatric → adult",
+        "The course CNN trained on PneumoniaMNIST (children, Guangzhou) and tested on ChestMNIST (adults, NIH).\n"
+        "Look for: val AUC near 0.95 and a test AUC far lower (Xin et al. 2021: 0.95 → 0.54) — real, not simulated.",
+        (RunConfig(name="HW3 CNN pediatric → adult", data=REAL_MISMATCH_DATA, **(HW3_BASE | {"epochs": 15})),),
+        quick_size=64, quick_epochs=5, tags=("real data",), own_data=True),
 ]}
 
 

@@ -89,3 +89,20 @@ def test_binary_groups():
     groups = C.binary_groups(chest_labels(1, 1, 1, 1))
     assert groups.tolist() == [1, 1, 0, -1]
     assert torch.tensor(groups).dtype == torch.int64
+
+
+def test_real_mismatch_preset_trains_pediatric_and_tests_adult(tmp_path, monkeypatch):
+    from explore.presets import PRESETS
+
+    preset = PRESETS["real_mismatch"]
+    assert preset.own_data
+    config = preset.configs(quick=True)[0]
+    assert "pneumoniamnist" in config.data.source and "chestmnist" in config.data.test_source
+    assert config.model == "hw3_cnn" and config.data.image_size == 64
+    # With the files where the preset looks (here: a temporary home), the data loads as the pair.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".medmnist").mkdir()
+    write_pneumoniamnist(tmp_path / ".medmnist" / "pneumoniamnist_128.npz", size=128)
+    write_chestmnist(tmp_path / ".medmnist" / "chestmnist_128.npz", size=128)
+    bundle = load_bundle(config.data)
+    assert bundle.counts()["test"] == {"NORMAL": 3, "PNEUMONIA": 2} and bundle.image_size == 64
