@@ -17,7 +17,7 @@ from explore.data.upload import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, save_uploa
 from explore.settings import NotAllowed, check_source_allowed, check_upload_allowed
 from explore.data.xrv import load_xrv
 from pages.common import DECODED_FOLDERS, app_settings, cached_bundle, current_data_spec, default_data_spec
-from pages.real_data import show_label_vs_metadata, show_selection, xrv_picker
+from pages.real_data import real_data_card, show_label_vs_metadata, show_selection, xrv_picker
 
 SOURCES = {"synthetic": "🧪 Synthetic (two hospitals)", "folder": "📁 Image folder",
            "medmnist": "🗜️ MedMNIST npz", "xrv": "🏥 Public set (NIH, RSNA, …)", "upload": "⬆️ Upload"}
@@ -34,6 +34,7 @@ st.caption("Choose the images every page trains on. In the synthetic set, **site
            "train and val and **site B** (another hospital) gives test: the gap between them is the course's "
            "dataset-mismatch lesson.")
 chosen = current_data_spec()
+real_data_card(chosen.image_size)  # PneumoniaMNIST → ChestMNIST: the one-click real mismatch
 
 
 def source_picker(label: str, current: str, key: str, allow_upload: bool = True) -> str | None:

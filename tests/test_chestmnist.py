@@ -106,3 +106,51 @@ def test_real_mismatch_preset_trains_pediatric_and_tests_adult(tmp_path, monkeyp
     write_chestmnist(tmp_path / ".medmnist" / "chestmnist_128.npz", size=128)
     bundle = load_bundle(config.data)
     assert bundle.counts()["test"] == {"NORMAL": 3, "PNEUMONIA": 2} and bundle.image_size == 64
+
+
+def test_real_pair_status_fetch_offline_and_checksum(tmp_path, monkeypatch):
+    from explore.data import real_pair as R
+
+    assert R.medmnist_size(64) == 64 and R.medmnist_size(100) == 128 and R.medmnist_size(256) == 224
+    status = R.pair_status(128, root=str(tmp_path))
+    assert [row["file"] for row in status] == [str(tmp_path / "pneumoniamnist_128.npz"),
+                                               str(tmp_path / "chestmnist_128.npz")]
+    assert not any(row["present"] for row in status) and all(row["licence"] and row["cite"] for row in status)
+    monkeypatch.setattr(R, "can_fetch", lambda: False)
+    with pytest.raises(DataError, match="chestmnist_128.npz there by hand"):
+        R.fetch_pair(128, root=str(tmp_path))
+    path = tmp_path / "x.npz"
+    path.write_bytes(b"abc")
+    R.check_md5(str(path), "900150983cd24fb0d6963f7d28e17f72")  # md5("abc")
+    with pytest.raises(DataError, match="checksum"):
+        R.check_md5(str(path), "0" * 32)
+    spec = R.pair_spec(100, root=str(tmp_path))
+    assert spec.source.endswith("pneumoniamnist_128.npz") and spec.test_source.endswith("chestmnist_128.npz")
+
+
+def test_data_page_real_data_card(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("EXPLORE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EXPLORE_RUNS_DIR", str(tmp_path / "runs"))
+    page = str(Path(__file__).resolve().parents[1] / "pages/data.py")
+    small = DataSpec(image_size=64, synthetic=(("n_train", 24), ("n_val", 12), ("n_test", 12)))
+    at = AppTest.from_file(page, default_timeout=120)
+    at.session_state["data_spec"] = small
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.button(key="real_use").disabled
+    assert any("pneumoniamnist_64.npz" in i.value and "chestmnist_64.npz" in i.value for i in at.info)
+
+    (tmp_path / ".medmnist").mkdir()
+    write_pneumoniamnist(tmp_path / ".medmnist" / "pneumoniamnist_64.npz", size=64)
+    write_chestmnist(tmp_path / ".medmnist" / "chestmnist_64.npz", size=64)
+    at.run()
+    at.button(key="real_use").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    spec = at.session_state["data_spec"]
+    assert spec.source.endswith("pneumoniamnist_64.npz") and spec.test_source.endswith("chestmnist_64.npz")

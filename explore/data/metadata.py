@@ -87,6 +87,10 @@ def summary_lines(bundle: DataBundle) -> list[str]:
     """The readable CLI summary's part for the public sets: selection counts and label tables."""
     lines = []
     for source, selection in bundle.selection.items():
+        if "csv_rows" not in selection:  # ChestMNIST: a mapping rule and what it left out
+            lines += ["", f"{source}: {selection.get('rule', '')}; left out (other findings only): "
+                      f"{selection.get('left_out_other_findings', {})}"]
+            continue
         lines += ["", f"{source}: {selection['csv_rows']} rows in {selection['labels_csv']}",
                   f"  missing files (CSV rows without an image on disk): {selection['missing_files']}"
                   + (f", e.g. {', '.join(selection['missing_examples'][:3])}" if selection["missing_files"] else ""),
