@@ -37,9 +37,8 @@ def show_adaptation(loaded: LoadedRun, root: str, run_id: str, threshold: float,
     st.caption("Three fixes that start from the finished model. Each is scored on the same test images before and "
                "after; few-shot fine-tuning uses k labelled test images and leaves them out of both scores.")
     has_bn = bool(ad.batchnorm_layers(loaded.model))
-    methods = [m for m in ad.METHODS if st.checkbox(
-        f"**{TITLES[m]}**: {ad.METHODS[m]}", value=m != "bn" or has_bn, disabled=m == "bn" and not has_bn,
-        key=f"adapt_{m}", help=None if m != "bn" or has_bn else "this model has no BatchNorm layers")]
+    offered = [m for m in ad.METHODS if m != "bn" or has_bn]  # AdaBN only where there is BatchNorm
+    methods = [m for m in offered if st.checkbox(f"**{TITLES[m]}**: {ad.METHODS[m]}", value=True, key=f"adapt_{m}")]
     if not has_bn:
         st.caption(f"AdaBN needs BatchNorm layers; {loaded.config.model} has none (hw3_ann and the pretrained "
                    "backbones do).")

@@ -273,3 +273,14 @@ def test_data_page_shows_label_vs_view_for_a_public_set(nih_dir, monkeypatch, tm
     assert "rows have no image in the folder" in text and "split **by patient**" in text
     tables = [t.value for t in at.dataframe]
     assert any("view position" in t.columns for t in tables)
+
+
+def test_lesion_box_outline_on_a_zoomed_picture():
+    from explore.report import MASK_COLOURS, outline_mask
+
+    mask = xrv.lesion_mask([(2, 2, 4, 3)], (8, 8), 8)[0]  # rows 2..4, columns 2..5
+    rgb = np.zeros((16, 16, 3), dtype=np.uint8)  # the picture at zoom 2
+    out = outline_mask(rgb, mask)
+    red = (out == MASK_COLOURS["lesion"]).all(axis=2)
+    assert red[4, 4] and red[9, 11] and not red[6, 6] and not red[0, 0]  # border drawn, inside and outside not
+    assert red.sum() == 2 * (6 + 8) - 4 and not rgb.any()  # a 1-px frame around the 6×8 (zoomed) box; input untouched
