@@ -284,3 +284,18 @@ def test_lesion_box_outline_on_a_zoomed_picture():
     red = (out == MASK_COLOURS["lesion"]).all(axis=2)
     assert red[4, 4] and red[9, 11] and not red[6, 6] and not red[0, 0]  # border drawn, inside and outside not
     assert red.sum() == 2 * (6 + 8) - 4 and not rgb.any()  # a 1-px frame around the 6×8 (zoomed) box; input untouched
+
+
+def test_saliency_scores_attributions_against_the_real_boxes(nih_dir):
+    """The Saliency page's 'where the attribution falls' gets a lesion region from the NIH box."""
+    from explore.attribution import attribution_shares, region_masks
+
+    root, boxed = nih_dir[0], nih_dir[4]
+    bundle = load_bundle(DataSpec(source=f"xrv:nih:{root}", image_size=64))
+    split_name, split = next((n, s) for n, s in bundle.splits.items()
+                             if any(i.endswith(boxed["Image Index"]) for i in s.ids))
+    i = next(k for k, path in enumerate(split.ids) if path.endswith(boxed["Image Index"]))
+    masks = region_masks(split, [i])
+    assert masks["lesion"].any()
+    inside = masks["lesion"].float()  # a map that is all inside the box: lesion share 100%
+    assert attribution_shares(inside, masks)["lesion"][0] == pytest.approx(1.0)
