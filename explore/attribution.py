@@ -725,6 +725,10 @@ def explain_images(loaded: LoadedRun, split_name: str, index: list[int], method:
     signed = METHODS[method].signed
     overlays = [overlay(split.images[i], m, signed, zoom) for i, m in zip(index, result.maps)]
     originals = [grey_rgb(split.images[i], zoom) for i in index]
+    if "lesion" in split.masks:  # outline the known lesion (synthetic, or a radiologist's box on real X-rays)
+        from explore.report import outline_mask
+
+        originals = [outline_mask(o, split.masks["lesion"][i]) for o, i in zip(originals, index)]
     return {
         "originals": originals,
         "overlays": overlays,

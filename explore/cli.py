@@ -18,6 +18,7 @@ COMMANDS = {
     "fetch-weights": ("explore.transfer", "download ImageNet weights into the torch hub cache"),
     "attribute": ("explore.attribution", "write saliency overlays for a finished run"),
     "mismatch": ("explore.mismatch", "internal vs external metrics and the error decomposition"),
+    "adapt": ("explore.adapt", "adapt a finished run to its test hospital (AdaBN, few-shot, histogram matching)"),
     "bench": ("explore.bench", "measure speed: fast path vs the course's loop, and more"),
     "sweep": ("explore.cli_runs:sweep_main", "train one setting over several values (from a run or a model)"),
     "repeat": ("explore.cli_runs:repeat_main", "train the same config with several seeds; mean ± std"),

@@ -48,6 +48,12 @@ HW2_BASE = dict(model="hw2_mlp", optimizer="adam", lr=3e-6, scheduler="step", st
                 batch_size=128, epochs=30)
 
 
+# The one-click real mismatch: MedMNIST's files where MedMNIST keeps them (the Data page's "Real data"
+# card fetches them, or says where to put them offline). ChestMNIST is mapped to 2 classes by label 6.
+REAL_MISMATCH_DATA = DataSpec(source="medmnist:~/.medmnist/pneumoniamnist_128.npz",
+                              test_source="medmnist:~/.medmnist/chestmnist_128.npz", image_size=128)
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -62,6 +68,7 @@ class Preset:
     # keeps them as they are instead (scaled, 2/4/8 over 30 epochs would collapse to 1/1/3).
     quick_scales_schedule: bool = True
     tags: tuple[str, ...] = field(default=())
+    own_data: bool = False  # True: the runs keep the preset's DataSpec (the Train page does not swap in its own)
 
     def configs(self, quick: bool = False, group: str | None = None) -> list[RunConfig]:
         """The runs to queue, named by their real values; `quick` shrinks image size and epochs and says so."""
@@ -187,6 +194,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
             "model": "cnn", "model_options": (("batch_norm", bn),), "optimizer": "momentum", "lr": 0.01,
             "scheduler": "none", "epochs": 15})) for bn in (False, True)),
         quick_epochs=8),
+    Preset(
+        "real_mismatch", "Real mismatch: pediatric → adult",
+        "The course CNN trained on PneumoniaMNIST (children, Guangzhou) and tested on ChestMNIST (adults, NIH).\n"
+        "Look for: val AUC near 0.95 and a test AUC far lower (Xin et al. 2021: 0.95 → 0.54) — real, not simulated.",
+        (RunConfig(name="HW3 CNN pediatric → adult", data=REAL_MISMATCH_DATA, **(HW3_BASE | {"epochs": 15})),),
+        quick_size=64, quick_epochs=5, tags=("real data",), own_data=True),
 ]}
 
 

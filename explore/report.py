@@ -356,6 +356,18 @@ def overlay_masks(image: torch.Tensor, masks: dict[str, torch.Tensor]) -> np.nda
     return rgb.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+def outline_mask(rgb: np.ndarray, mask: torch.Tensor, colour: tuple[int, int, int] = MASK_COLOURS["lesion"]) -> np.ndarray:
+    """A copy of an RGB picture with the boundary of `mask` (H×W, possibly smaller: the picture
+    may be zoomed) drawn in `colour`: e.g. a radiologist's lesion box on an X-ray."""
+    mask = torch.as_tensor(mask).bool().reshape(mask.shape[-2:])
+    zoom = rgb.shape[0] // mask.shape[0]
+    if zoom > 1:
+        mask = mask.repeat_interleave(zoom, 0).repeat_interleave(zoom, 1)
+    out = rgb.copy()
+    out[_outline(mask).numpy()] = colour
+    return out
+
+
 def diverging_rgb(difference: torch.Tensor) -> tuple[np.ndarray, float]:
     """A signed H×W image → (RGB: red where positive, blue where negative, white at 0; the
     value that maps to full colour). Scaled to its own largest |value| so faint shifts show."""

@@ -105,9 +105,15 @@ def check_source_allowed(settings: AppSettings, source: str | None) -> None:
     if settings.data_root is None:
         raise NotAllowed(f"demo mode: reading {kind} paths from the server is turned off; "
                          "use the built-in data or upload a zip")
-    path = Path(arg).expanduser().resolve()
-    if path != settings.data_root and settings.data_root not in path.parents:
-        raise NotAllowed(f"demo mode: {arg} is outside the allowed data folder {settings.data_root}")
+    if kind == "xrv":  # xrv:NAME:IMAGE_DIR[;labels=CSV]: both paths must be inside the root
+        image_dir, _, option = arg.partition(":")[2].partition(";")
+        paths = [image_dir] + ([option.partition("=")[2]] if option else [])
+    else:
+        paths = [arg]
+    for text in paths:
+        path = Path(text).expanduser().resolve()
+        if path != settings.data_root and settings.data_root not in path.parents:
+            raise NotAllowed(f"demo mode: {text} is outside the allowed data folder {settings.data_root}")
 
 
 def check_upload_allowed(settings: AppSettings, size_bytes: int, n_files: int = 1) -> None:

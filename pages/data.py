@@ -15,10 +15,12 @@ from explore.data.folder import default_cache_dir, load_folder
 from explore.data.synthetic import KNOBS, SHIFT_KNOBS, no_shift_knobs, render_patient_at_sites
 from explore.data.upload import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, save_upload
 from explore.settings import NotAllowed, check_source_allowed, check_upload_allowed
+from explore.data.xrv import load_xrv
 from pages.common import DECODED_FOLDERS, app_settings, cached_bundle, current_data_spec, default_data_spec
+from pages.real_data import real_data_card, show_label_vs_metadata, show_selection, xrv_picker
 
 SOURCES = {"synthetic": "🧪 Synthetic (two hospitals)", "folder": "📁 Image folder",
-           "medmnist": "🗜️ MedMNIST npz", "upload": "⬆️ Upload"}
+           "medmnist": "🗜️ MedMNIST npz", "xrv": "🏥 Public set (NIH, RSNA, …)", "upload": "⬆️ Upload"}
 CLASS_CHOICES = {2: "2 classes", 3: "3 classes"}
 settings = app_settings()  # demo mode narrows paths, uploads and image sizes (the frame shows a banner)
 UPLOAD_LIMIT_MB = min(st.get_option("server.maxUploadSize"), DEFAULT_MAX_BYTES // 2**20,
@@ -32,6 +34,7 @@ st.caption("Choose the images every page trains on. In the synthetic set, **site
            "train and val and **site B** (another hospital) gives test: the gap between them is the course's "
            "dataset-mismatch lesson.")
 chosen = current_data_spec()
+real_data_card(chosen.image_size)  # PneumoniaMNIST → ChestMNIST: the one-click real mismatch
 
 
 def source_picker(label: str, current: str, key: str, allow_upload: bool = True) -> str | None:
@@ -52,6 +55,8 @@ def source_picker(label: str, current: str, key: str, allow_upload: bool = True)
                              path_now if kind_now == "medmnist" else "", key=f"{key}_npz",
                              placeholder="~/.medmnist/pneumoniamnist_128.npz")
         return f"medmnist:{path.strip()}" if path.strip() else None
+    if kind == "xrv":
+        return xrv_picker(key, current)
     return upload_picker(key)
 
 
@@ -85,12 +90,12 @@ def decode_with_progress(spec: DataSpec) -> None:
     that cached_bundle then reads. (Not an st.cache_resource: a cached function may not update a
     progress bar created outside it, and Streamlit refuses that when the decode fails.)"""
     for source, as_test in ((spec.source, False), (spec.test_source, True)):
-        if not (source and source.startswith("folder:")):
+        if not (source and source.startswith(("folder:", "xrv:"))):
             continue
-        key = (parse_source(source)[1], spec.image_size, spec.seed, as_test)
+        key = (source, spec.image_size, spec.seed, as_test)
         if key in DECODED_FOLDERS:
             continue
-        bar = st.progress(0.0, text=f"Decoding {source[7:]} …")
+        bar = st.progress(0.0, text=f"Decoding {parse_source(source)[1]} …")
 
         def show(done: int, total: int) -> None:
             if done == total or done % max(1, total // 100) == 0:
@@ -98,7 +103,8 @@ def decode_with_progress(spec: DataSpec) -> None:
                                                         "(cached on disk after the first time)")
 
         try:
-            load_folder(key[0], image_size=key[1], seed=key[2], all_as_test=key[3], progress=show)
+            load = load_xrv if source.startswith("xrv:") else load_folder
+            load(parse_source(source)[1], image_size=key[1], seed=key[2], all_as_test=key[3], progress=show)
         finally:
             bar.empty()
         DECODED_FOLDERS.add(key)
@@ -261,6 +267,11 @@ with hist_col:
         tooltip=["split", "site", "intensity_bin", alt.Tooltip("density:Q", format=".4f")],
     ).properties(height=300), width="stretch")
     st.caption("A site with brighter, greyer or noisier images shifts this curve before any model is trained.")
+
+if bundle.selection:  # the public sets: how CSV rows became images, and the real shortcuts
+    show_selection(bundle)
+if any(split.metadata for split in bundle.splits.values()):
+    show_label_vs_metadata(bundle)
 
 st.subheader("Original image sizes")
 sizes = stats.original_size_table(bundle)

@@ -8,6 +8,7 @@ from explore import mismatch as mm
 from explore.data import DataError
 from explore.device import Placement
 from explore.store import RunStore, StoreError
+from pages.adapt_section import show_adaptation
 from pages.common import cached_bundle, queue_runs, run_store
 
 st.title("🏥 Mismatch: why does test score lower than val?")
@@ -183,3 +184,6 @@ def fix_results():
 
 
 fix_results()
+
+# ----- 6. adapt the finished model (AdaBN, few-shot fine-tuning, histogram matching)
+show_adaptation(loaded, ROOT, run_id, threshold, DEVICE)

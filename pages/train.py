@@ -53,13 +53,18 @@ def preset_configs() -> list[RunConfig] | None:
     if quick:
         st.caption(f"⚡ {preset.describe_quick()}")
     configs = preset.configs(quick=quick)
-    own_size = st.checkbox(f"Use the Data page's image size ({spec.image_size} px) instead of the preset's "
-                           f"({configs[0].data.image_size} px)", key="preset_own_size")
-    try:
-        configs = [c.replace(data=spec if own_size else replace(spec, image_size=c.data.image_size)) for c in configs]
-    except ValueError as error:
-        st.error(f"This preset cannot run on the chosen dataset: {error}")
-        return None
+    if preset.own_data:  # e.g. the real pediatric → adult mismatch: the data is the experiment
+        st.caption(f"📦 This preset brings its own data: **{report.describe_data(configs[0].data)}** "
+                   "(the Data page's choice is not used; its 'Real data' card fetches the files).")
+    else:
+        own_size = st.checkbox(f"Use the Data page's image size ({spec.image_size} px) instead of the preset's "
+                               f"({configs[0].data.image_size} px)", key="preset_own_size")
+        try:
+            configs = [c.replace(data=spec if own_size else replace(spec, image_size=c.data.image_size))
+                       for c in configs]
+        except ValueError as error:
+            st.error(f"This preset cannot run on the chosen dataset: {error}")
+            return None
     st.dataframe(report.configs_table(configs), hide_index=True)
     st.caption(f"🔗 Link to this preset: `?preset={name}` (add it to this page's address and share it)")
     label = "Train this preset" + (f" ({len(configs)} runs, one after another)" if len(configs) > 1 else "")

@@ -3,7 +3,10 @@
 Source strings (the same in the UI, the CLI and RunConfig):
   "synthetic"            the built-in two-site chest X-ray set (site A: train/val, site B: test)
   "folder:PATH"          PATH/{train,val,test}/CLASS/* or PATH/CLASS/* (split by seed)
-  "medmnist:FILE.npz"    a MedMNIST PneumoniaMNIST npz
+  "medmnist:FILE.npz"    a MedMNIST PneumoniaMNIST npz, or ChestMNIST (chestmnist*.npz: NIH
+                         adults, label 6 = PNEUMONIA, no finding = NORMAL; see data/chestmnist.py)
+  "xrv:NAME:IMAGE_DIR"   a public set as downloaded (nih, rsna, padchest, chexpert), labels
+                         from torchxrayvision's CSVs; split by patient (see data/xrv.py)
 
 `load_bundle(spec)` is the one entry point; with `spec.test_source` set, train/val come
 from `spec.source` and test from the other source (the dataset-mismatch setting).
@@ -60,8 +63,9 @@ class DataSpec:
 def parse_source(source: str) -> tuple[str, str]:
     """'folder:/data/xray' -> ('folder', '/data/xray'); 'synthetic' -> ('synthetic', '')."""
     kind, _, arg = source.partition(":")
-    if kind not in ("synthetic", "folder", "medmnist"):
-        raise DataError(f"unknown data source {source!r}: use synthetic, folder:PATH or medmnist:FILE.npz")
+    if kind not in ("synthetic", "folder", "medmnist", "xrv"):
+        raise DataError(f"unknown data source {source!r}: use synthetic, folder:PATH, medmnist:FILE.npz "
+                        f"or xrv:NAME:IMAGE_DIR")
     if kind != "synthetic" and not arg:
         raise DataError(f"data source {source!r} needs a path after the colon")
     return kind, arg
@@ -79,8 +83,15 @@ def _load_one(source: str, spec: DataSpec, for_test: bool = False) -> DataBundle
         from .folder import load_folder
 
         return load_folder(arg, image_size=spec.image_size, seed=spec.seed, all_as_test=for_test)
+    if kind == "xrv":
+        from .xrv import load_xrv
+
+        return load_xrv(arg, image_size=spec.image_size, seed=spec.seed, all_as_test=for_test)
+    from .chestmnist import is_chestmnist, load_chestmnist
     from .medmnist import load_medmnist
 
+    if is_chestmnist(arg):  # NIH adults, 14 labels mapped to NORMAL / PNEUMONIA
+        return load_chestmnist(arg, image_size=spec.image_size, all_as_test=for_test)
     return load_medmnist(arg, image_size=spec.image_size)
 
 
@@ -98,6 +109,7 @@ def _mix(train_bundle: DataBundle, test_bundle: DataBundle) -> DataBundle:
         classes=train_bundle.classes,
         splits=splits,
         skipped=train_bundle.skipped + test_bundle.skipped,
+        selection=train_bundle.selection | test_bundle.selection,
         description=f"train/val from {train_bundle.source}; test from {test_bundle.source}",
     )
 

@@ -32,7 +32,10 @@ class Split:
     ids:            per image, the file path or synthetic id.
     original_sizes: int64 tensor N×2, (width, height) before resizing.
     masks:          optional bool tensors N×1×H×W keyed by name ("lung", "lesion", "marker");
-                    only the synthetic source knows them.
+                    the synthetic source knows them, real sets with lesion boxes give "lesion".
+    metadata:       optional per-image columns keyed by name ("patient", "view", "age", "sex",
+                    "dataset"), each a tuple with one entry per image (None where unknown);
+                    the public X-ray sets (explore/data/xrv.py) fill it.
     """
 
     images: torch.Tensor
@@ -41,6 +44,7 @@ class Split:
     ids: tuple[str, ...]
     original_sizes: torch.Tensor
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    metadata: dict[str, tuple] = field(default_factory=dict)
 
     def __post_init__(self):
         n = self.images.shape[0]
@@ -51,6 +55,9 @@ class Split:
         for name, mask in self.masks.items():
             if mask.shape != self.images.shape:
                 raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)}, images {tuple(self.images.shape)}")
+        for name, column in self.metadata.items():
+            if len(column) != n:
+                raise ValueError(f"metadata {name!r} has {len(column)} entries for {n} images")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -66,6 +73,7 @@ class Split:
             ids=tuple(self.ids[i] for i in pick),
             original_sizes=self.original_sizes[index],
             masks={k: v[index] for k, v in self.masks.items()},
+            metadata={k: tuple(v[i] for i in pick) for k, v in self.metadata.items()},
         )
 
 
@@ -79,6 +87,9 @@ class DataBundle:
     splits: dict[str, Split]
     skipped: tuple[SkippedFile, ...] = ()
     description: str = ""
+    # How a labelled public set was turned into this bundle, keyed by source: rows in the labels
+    # CSV, rows whose file is missing, images left out (other findings, uncertain, lateral).
+    selection: dict[str, dict] = field(default_factory=dict)
 
     @property
     def train(self) -> Split:
@@ -129,7 +140,15 @@ class DataBundle:
             "splits": self.counts(),
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "original_sizes": self.original_size_summary(),
-        }
+        } | self._real_data_json()
+
+    def _real_data_json(self) -> dict:
+        """For the public X-ray sets: how images were selected and label vs view / age / sex."""
+        from .metadata import metadata_summary  # only real sets carry metadata
+
+        out = {"selection": self.selection} if self.selection else {}
+        summary = metadata_summary(self)
+        return out | ({"metadata": summary} if summary else {})
 
 
 class DataError(Exception):

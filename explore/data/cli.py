@@ -4,6 +4,7 @@
     python -m explore data --source medmnist:~/.medmnist/pneumoniamnist_128.npz --json
     python -m explore data --source synthetic --test-source folder:./hospital_b --json
     python -m explore data --source synthetic --knob n_train=200 --knob noise=0
+    python -m explore data --source xrv:nih:~/data/nih --json   (public sets: see data/xrv.py)
 
 With --json it prints exactly one JSON object (`DataBundle.to_json()`); otherwise a short
 readable summary. A source that cannot be used exits with status 1 and one line on stderr.
@@ -15,6 +16,7 @@ import json
 import sys
 
 from . import IMAGE_SIZES, DataBundle, DataError, DataSpec, load_bundle
+from .metadata import summary_lines
 
 _SHOWN_SKIPPED = 10  # the readable summary lists this many skipped files, then a count
 
@@ -22,7 +24,7 @@ _SHOWN_SKIPPED = 10  # the readable summary lists this many skipped files, then 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m explore data", description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="synthetic",
-                        help="synthetic, folder:PATH or medmnist:FILE.npz (default: synthetic)")
+                        help="synthetic, folder:PATH, medmnist:FILE.npz or xrv:NAME:IMAGE_DIR (default: synthetic)")
     parser.add_argument("--test-source", default=None,
                         help="take the test split from this source instead (dataset mismatch)")
     parser.add_argument("--size", type=int, default=128, choices=IMAGE_SIZES, help="image size in pixels")
@@ -72,6 +74,7 @@ def summary_text(bundle: DataBundle) -> str:
     for cls, s in bundle.original_size_summary().items():
         lines.append(f"  {cls:<12} {s['width_median']:.0f} × {s['height_median']:.0f}  "
                      f"[{s['width_min']:.0f}..{s['width_max']:.0f} × {s['height_min']:.0f}..{s['height_max']:.0f}]")
+    lines += summary_lines(bundle)  # public sets only: missing files, label vs view / age / sex
     lines += ["", f"skipped files: {len(bundle.skipped)}"]
     for skipped in bundle.skipped[:_SHOWN_SKIPPED]:
         lines.append(f"  {skipped.path}: {skipped.reason}")
