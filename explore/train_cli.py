@@ -10,6 +10,7 @@ from explore.data import DataError, DataSpec
 from explore.jobs import execute_run
 from explore.models import MODELS
 from explore.presets import PRESETS
+from explore.settings import load_settings
 from explore.store import RunStore, StoreError
 
 
@@ -94,10 +95,15 @@ def cli_main(argv: list[str]) -> int:
     except (ValueError, DataError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    try:
+        train = trainer()
+    except RuntimeError as error:  # ray_backend.ClusterError: ray missing or the cluster unreachable
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     worst = 0
     for config in configs:
         run_id = store.create(config)
-        for record in execute_run(store, run_id):
+        for record in train(store, run_id):
             if record["kind"] == "progress":
                 continue
             if record["kind"] == "end":
@@ -105,6 +111,18 @@ def cli_main(argv: list[str]) -> int:
                 worst = max(worst, 0 if record["status"] in ("finished", "stopped") else 1)
             print(json.dumps(record) if args.json else readable(record), flush=True)
     return worst
+
+
+def trainer():
+    """How the CLI trains a stored run: in this process, or on the Ray cluster at EXPLORE_RAY_ADDRESS
+    (the same backend as the app's, explore.ray_backend); both yield the same records."""
+    settings = load_settings()
+    if not settings.ray_address:
+        return execute_run
+    from explore.ray_backend import connect, execute_remote
+
+    connect(settings.ray_address)
+    return lambda store, run_id: execute_remote(store, run_id, settings=settings)
 
 
 def final_line(store: RunStore, run_id: str, end: dict) -> dict:

@@ -1,0 +1,191 @@
+"""Runs on a Ray cluster (explore.ray_backend): the same gate, queue and Stop as local workers.
+
+With `ray` installed, a local Ray instance (2 CPUs, started once for this module) trains runs
+through the Ray backend: their curves, weights and predictions arrive in the server's store; a
+run stops mid-run; a run whose Ray worker process is killed ends failed naming its node while the
+next run finishes. Without `ray` those tests are skipped; the tests of the pieces that need no
+cluster (the forwarding store, the data plan, the settings) always run.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+import torch
+
+from explore.config import RunConfig
+from explore.data import DataSpec, load_bundle
+from explore.data.disk_cache import bundle_from_payload
+from explore.jobs import JobManager, execute_run
+from explore.ray_backend import ForwardingStore, data_for_nodes, missing_on_node, write_record
+from explore.settings import AppSettings, load_settings
+from explore.store import RunStore
+
+try:
+    import ray
+except ImportError:
+    ray = None
+
+needs_ray = pytest.mark.skipif(ray is None, reason='ray is not installed: pip install "explore[cluster]" '
+                                                   "to run the Ray backend tests")
+
+# Small enough to generate on the Ray worker in well under a second (workers cannot see data
+# built in this process, so these tests use the real synthetic source, regenerated from its spec).
+SMALL = DataSpec(image_size=64, synthetic=(("n_train", 96), ("n_val", 32), ("n_test", 32)))
+
+
+def cfg(**kw) -> RunConfig:
+    return RunConfig(**(dict(data=SMALL, model="lab4_gap", epochs=1, batch_size=8) | kw))
+
+
+def wait_for(predicate, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+# ----- the pieces, no cluster needed ---------------------------------------------------------
+
+def test_the_records_a_node_streams_back_rebuild_the_run_folder(runs_dir, tiny_bundle):
+    """What a Ray task sends (every store write as a record) makes the same run folder on the server
+    as training straight into the store."""
+    config = RunConfig(model="lab4_gap", epochs=2, batch_size=16, data=DataSpec(image_size=64))
+    server = RunStore(runs_dir)
+    run_id = server.create(config)
+    node_side = ForwardingStore(run_id, config)
+    streamed = []
+    for _ in execute_run(node_side, run_id, device=None, bundle=tiny_bundle):
+        streamed += node_side.take()
+    streamed += node_side.take()
+    for item in streamed:
+        write_record(server, run_id, item, {"executor": "ray", "node": "gpu-box-1"})
+
+    record = server.load(run_id)
+    assert record.state == "finished" and len(record.metrics) == 2
+    assert [m["epoch"] for m in record.metrics] == [1, 2]
+    assert record.summary["executor"] == "ray" and record.summary["node"] == "gpu-box-1"
+    assert record.status["status"] == "finished" and record.status["pid"] == os.getpid()
+    model, _ = server.load_model(run_id)  # the weights arrived whole and fit the model
+    assert sum(p.numel() for p in model.parameters()) == record.summary["params_total"]
+    predictions = server.load_predictions(run_id)
+    assert predictions["test"]["probs"].shape[0] == len(tiny_bundle.test)
+
+
+def test_data_plan_synthetic_is_made_on_the_node_small_files_travel_large_ones_must_be_there(make_npz_dataset):
+    assert data_for_nodes(cfg(), ship_mb=256) == (None, None)  # regenerated from its spec on each node
+
+    npz = RunConfig(model="lab4_gap", data=DataSpec(source=f"medmnist:{make_npz_dataset}", image_size=64))
+    payload, note = data_for_nodes(npz, ship_mb=256)
+    assert note is None
+    sent = bundle_from_payload(payload)
+    here = load_bundle(npz.data)
+    assert sent.classes == here.classes and torch.equal(sent.train.images, here.train.images)
+
+    payload, note = data_for_nodes(npz, ship_mb=0)  # over the limit: the node must have the file
+    assert payload is None and "EXPLORE_RAY_SHIP_MB" in note
+    missing = RunConfig(model="lab4_gap", data=DataSpec(source="folder:/no/such/xray", image_size=64))
+    payload, note = data_for_nodes(missing, ship_mb=256)
+    assert payload is None and "not on the server" in note
+    message = missing_on_node(missing, {"node": "gpu-box-2", "node_ip": "10.0.0.7"}, note)
+    assert "folder:/no/such/xray" in message and "gpu-box-2" in message and "same path" in message
+    assert missing_on_node(npz, {"node": "n", "node_ip": "ip"}, None) is None  # present here
+
+
+def test_settings_choose_the_backend(monkeypatch):
+    assert load_settings({}).ray_address is None
+    settings = load_settings({"EXPLORE_RAY_ADDRESS": " 10.0.0.1:6379 ", "EXPLORE_RAY_SHIP_MB": "64"})
+    assert settings.ray_address == "10.0.0.1:6379" and settings.ray_ship_mb == 64
+    monkeypatch.delenv("EXPLORE_EXECUTOR", raising=False)
+    local = JobManager(max_concurrent=0, settings=AppSettings())  # no address: local worker processes
+    assert local.executor == "process"
+    local.close()
+
+
+def test_without_ray_a_ray_address_is_a_clear_error(monkeypatch):
+    from explore.ray_backend import ClusterError
+
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if ray were not installed
+    with pytest.raises(ClusterError, match=r"explore\[cluster\]"):
+        JobManager(max_concurrent=0, settings=AppSettings(ray_address="auto"))
+
+
+# ----- a local Ray instance ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if ray is None:
+        pytest.skip('ray is not installed: pip install "explore[cluster]" to run the Ray backend tests')
+    with pytest.MonkeyPatch.context() as patch:
+        # The Ray workers start as children of this process: they inherit the node's data cache folder.
+        patch.setenv("EXPLORE_CACHE_DIR", str(tmp_path_factory.mktemp("node-cache")))
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def manager(cluster):
+    jobs = JobManager(settings=AppSettings(ray_address="auto"))  # the backend chosen by the setting
+    yield jobs
+    jobs.close()
+
+
+@needs_ray
+def test_two_runs_train_on_ray_workers_and_their_curves_reach_the_store(tmp_path, manager):
+    assert manager.executor == "ray" and manager.max_concurrent == 2  # one slot per cluster CPU
+    store = RunStore(tmp_path / "runs")
+    run_ids = manager.submit(store, [cfg(epochs=2), cfg(epochs=2, seed=1)])
+    assert manager.wait_idle(timeout=240)
+    for run_id in run_ids:
+        record = store.load(run_id)
+        assert record.state == "finished", record.summary
+        assert [m["epoch"] for m in record.metrics] == [1, 2]
+        assert record.summary["executor"] == "ray" and record.summary["node"] == socket.gethostname()
+        assert record.summary["device"].startswith("CPU") and "node_ip" in record.summary
+        assert record.status["executor"] == "ray" and record.status["pid"] != os.getpid()
+        assert store.load_weights(run_id) and "test" in store.load_predictions(run_id)
+    workers = manager.overview()["workers"]
+    assert len(workers) == 2 and all("node" in worker for worker in workers)
+
+
+@needs_ray
+def test_stop_reaches_the_ray_task_and_the_run_keeps_its_curves(tmp_path, manager):
+    store = RunStore(tmp_path / "runs")
+    [run_id] = manager.submit(store, [cfg(epochs=500)])
+    wait_for(lambda: store.load(run_id).metrics, timeout=180)  # an epoch done: curves on the server
+    overview = manager.overview()
+    [busy] = [w for w in overview["workers"] if w["run_id"] == run_id]
+    assert busy["node"] == socket.gethostname() and busy["device"] == "CPU"
+    assert busy["pid"] == store.load(run_id).status["pid"]
+    assert manager.stop(run_id)
+    assert manager.wait_idle(timeout=60)
+    record = store.load(run_id)
+    assert record.state == "stopped", record.summary
+    assert 1 <= len(record.metrics) < 500 and record.summary["executor"] == "ray"
+
+
+@needs_ray
+def test_a_killed_ray_worker_fails_its_run_naming_the_node_and_the_next_run_finishes(tmp_path, manager):
+    store = RunStore(tmp_path / "runs")
+    [doomed] = manager.submit(store, [cfg(epochs=500)])
+    pid = wait_for(lambda: store.load(doomed, with_metrics=False).status.get("batch")
+                   and store.load(doomed, with_metrics=False).status["pid"], timeout=180)  # mid-epoch
+    [after] = manager.submit(store, [cfg(epochs=1)])
+    os.kill(pid, signal.SIGKILL)  # as a lost node or the out-of-memory killer would
+    assert manager.wait_idle(timeout=180)
+    record = store.load(doomed)
+    assert record.state == "failed"
+    assert socket.gethostname() in record.summary["message"] and "died" in record.summary["message"]
+    assert record.summary["node"] == socket.gethostname()
+    assert store.load(after).state == "finished"
+    [again] = manager.submit(store, [cfg(epochs=1)])  # the slot goes on with new runs
+    assert manager.wait_idle(timeout=120) and store.load(again).state == "finished"
