@@ -177,15 +177,22 @@ def train_task(config_json: str, run_id: str, stop_flag, data_payload: dict | No
         store.save_results(run_id, {"status": "failed", "message": missing, "run_id": run_id,
                                     "epochs_completed": 0}, None, None)
         store.set_status(run_id, status="failed", message=missing, finished=time.time())
-        yield from store.take()
+        yield from iter_records(store)
         yield {"kind": "end", "status": "failed", "message": missing, "run_id": run_id, "summary": {}}
         return
     device = "cuda:0" if "gpu" in where else None
     for item in execute_run(store, run_id, StopPoll(stop_flag), device=device, bundle=bundle):
-        yield from store.take()
+        yield from iter_records(store)
         if item["kind"] != "progress":  # progress already travels as status writes (rate-limited)
             yield item
-    yield from store.take()
+    yield from iter_records(store)
+
+
+def iter_records(store: ForwardingStore) -> Iterator[dict]:
+    """The store writes so far, one by one. (Ray drives a streaming task with `send()`, which a plain
+    `yield from a_list` would forward to the list's iterator, which has no `send`.)"""
+    for record in store.take():
+        yield record
 
 
 def missing_on_node(config: RunConfig, where: dict, data_note: str | None) -> str | None:
@@ -297,12 +304,13 @@ def write_record(store: RunStore, run_id: str, item: dict, where: dict) -> None:
 
 def lost_message(where: dict, error: Exception, ray) -> str:
     """Why a run ended without its results, naming the node it was on."""
-    reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    cause = getattr(error, "cause", None) or error  # a RayTaskError wraps the task's own exception
+    reason = str(cause).strip().splitlines()[-1][:300] if str(cause).strip() else type(cause).__name__
     if "node" not in where:
         return f"the Ray task for this run was lost before it started on a node ({type(error).__name__}: {reason})"
     node = f"node {where['node']} ({where['node_ip']})"
     if isinstance(error, ray.exceptions.RayTaskError):  # Python code failed outside execute_run's own guard
-        return f"the run failed on Ray {node}: {reason}"
+        return f"the run failed on Ray {node}: {type(cause).__name__}: {reason}"
     return (f"the Ray worker training this run on {node} died or the node was lost "
             f"({type(error).__name__}: {reason})")
 
