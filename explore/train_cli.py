@@ -134,6 +134,8 @@ def final_line(store: RunStore, run_id: str, end: dict) -> dict:
         "test_acc": summary.get("test_acc"), "seconds_per_epoch": summary.get("seconds_per_epoch"),
         "params_total": summary.get("params_total"), "params_trainable": summary.get("params_trainable"),
         "weights": summary.get("weights"),
+        # where it trained: "ray" with the cluster node (and its GPU), else this machine
+        "executor": summary.get("executor", "local"), "node": summary.get("node"), "device": summary.get("device"),
     }
 
 

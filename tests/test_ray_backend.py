@@ -189,3 +189,21 @@ def test_a_killed_ray_worker_fails_its_run_naming_the_node_and_the_next_run_fini
     assert store.load(after).state == "finished"
     [again] = manager.submit(store, [cfg(epochs=1)])  # the slot goes on with new runs
     assert manager.wait_idle(timeout=120) and store.load(again).state == "finished"
+
+
+@needs_ray
+def test_the_train_command_uses_the_cluster_when_an_address_is_set(tmp_path, cluster, monkeypatch, capsys,
+                                                                   make_npz_dataset):
+    """A small npz travels to the worker through Ray's object store (decoded here, sent once)."""
+    import json
+
+    from explore.train_cli import cli_main
+
+    monkeypatch.setenv("EXPLORE_RAY_ADDRESS", "auto")  # this process is already connected to the cluster
+    code = cli_main(["--model", "lab4_gap", "--epochs", "1", "--size", "64", "--batch-size", "8",
+                     "--source", f"medmnist:{make_npz_dataset}", "--runs-dir", str(tmp_path / "runs"), "--json"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and [line["kind"] for line in lines] == ["epoch", "end"]
+    final = lines[-1]
+    assert final["status"] == "finished" and final["executor"] == "ray" and final["node"] == socket.gethostname()
+    assert RunStore(tmp_path / "runs").load(final["run_id"]).metrics  # the curves in this machine's store
