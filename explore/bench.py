@@ -14,6 +14,7 @@ Sections (each can be picked with --only):
   attribution  milliseconds per image for each attribution method, batched
   startup    `streamlit run` to the first page served, and peak memory of a typical session
   data       generating the synthetic set; loading a PNG folder cold and from the decode cache
+  workers    a run's start-up in a worker process vs a thread (explore/bench_workers.py)
 
 Every timing is a median over repeats, reported with its min and max. A section that fails
 (or whose code is not there yet) is reported as such; the other sections still run.
@@ -42,9 +43,10 @@ from torch import nn
 from explore.config import RunConfig
 from explore.data import DataBundle, DataSpec, load_bundle
 from explore.soak import free_port, stop_server
+from explore.bench_workers import bench_workers, format_workers
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("training", "parity", "precision", "frozen", "live", "attribution", "startup", "data")
+SECTIONS = ("training", "parity", "precision", "frozen", "live", "attribution", "startup", "data", "workers")
 # Run only when asked for (--only soak,watch): they drive Chromium against a running server.
 EXTRA_SECTIONS = ("soak", "watch")
 
@@ -419,11 +421,13 @@ def bench_live(settings: Settings) -> dict:
         return run.summary(run.predictions())
 
     worker = ThreadPoolExecutor(max_workers=1)  # one long-lived thread, like the job manager's
-    manager = JobManager(max_concurrent=1)
+    manager = JobManager(max_concurrent=1)  # a worker process, as in the app
     bare_main, bare_thread, job, poll_seconds = [], [], [], []
     bare_run()  # warm-up: first-call costs (kernel selection, allocator) would land on one side only
     with tempfile.TemporaryDirectory(prefix="explore-bench-runs-") as tmp:
         store = RunStore(tmp)
+        manager.submit(store, [config])  # the same warm-up in the worker process (the 'workers' section times it)
+        manager.wait_idle(timeout=3600)
         for _ in range(settings.repeats):
             bare_main.append(timed(bare_run)[0])
             bare_thread.append(timed(lambda: worker.submit(bare_run).result())[0])
@@ -642,7 +646,7 @@ def bench_watch(settings: Settings) -> dict:
 RUNNERS: dict[str, Callable[[Settings], dict]] = {
     "training": bench_training, "parity": bench_parity, "precision": bench_precision, "frozen": bench_frozen, "live": bench_live,
     "attribution": bench_attribution, "startup": bench_startup, "data": bench_data, "soak": bench_soak,
-    "watch": bench_watch,
+    "watch": bench_watch, "workers": bench_workers,
 }
 
 
@@ -812,7 +816,7 @@ def _format_watch(r: dict) -> list[str]:
 
 FORMATTERS = {"training": _format_training, "parity": _format_parity, "precision": _format_precision, "frozen": _format_frozen, "live": _format_live,
               "attribution": _format_attribution, "startup": _format_startup, "data": _format_data,
-              "soak": _format_soak, "watch": _format_watch}
+              "soak": _format_soak, "watch": _format_watch, "workers": format_workers}
 
 
 def build_parser() -> argparse.ArgumentParser:

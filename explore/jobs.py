@@ -327,7 +327,10 @@ class JobManager:
 
     def _work(self, worker: Worker) -> None:
         if self.executor != "thread":
-            self._start_process(worker)  # warm before the first run: the interpreter and torch load now
+            try:
+                self._start_process(worker)  # warm before the first run: the interpreter and torch load now
+            except Exception:  # e.g. out of memory: the next run tries again
+                traceback.print_exc()
         while (job := self._next_job(worker)) is not None:
             try:
                 if self.executor != "ray":  # a Ray run reports its own node when its task starts
@@ -337,8 +340,11 @@ class JobManager:
                 else:
                     for _ in execute_run(job.store, job.run_id, job.stop.is_set, device=worker.device):
                         pass
-            except Exception:  # execute_run already records failures; never let the worker die
+            except Exception as error:  # never let the worker thread die; never leave the run 'queued' forever
                 traceback.print_exc()
+                if job.store.load(job.run_id, with_metrics=False).state in ("queued", "running"):
+                    record_worker_death(job.store, job.run_id, f"the run could not be trained: "
+                                                               f"{type(error).__name__}: {error}")
             finally:
                 self._finished(worker, job)
 
@@ -373,7 +379,7 @@ class JobManager:
 
 
 def record_worker_death(store: RunStore, run_id: str, message: str, details: dict | None = None) -> None:
-    """End a run whose worker process died: status 'failed', the epochs it completed, and how it died
+    """End a run whose worker died (or could not start): status 'failed', the epochs it completed, and why
     (`details` add to the summary, e.g. the Ray node it was on)."""
     try:
         epochs = len(store.load(run_id).metrics)

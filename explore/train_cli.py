@@ -8,6 +8,7 @@ import sys
 from explore.config import AUGMENTATIONS, INPUT_NORMS, OPTIMIZERS, SCHEDULERS, TRANSFER_MODES, RunConfig
 from explore.data import DataError, DataSpec
 from explore.jobs import execute_run
+from explore.settings import NotAllowed, gate_request, load_settings
 from explore.models import MODELS
 from explore.presets import PRESETS
 from explore.settings import load_settings
@@ -90,9 +91,14 @@ def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         configs = [honest_weights(config) for config in configs_from_args(args)]
+        # The same gate as the app's job queue (a demo server's caps apply here too); the CLI
+        # then trains in its own process (or on the Ray cluster: trainer()), one run after another.
+        configs, notes = gate_request(load_settings(), configs)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
         store = RunStore(args.runs_dir)
         store.ensure_writable()
-    except (ValueError, DataError, StoreError) as error:
+    except (ValueError, DataError, StoreError, NotAllowed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:

@@ -122,6 +122,10 @@ def test_quick_bench_runs_end_to_end_as_json():
     attribution = report["sections"]["attribution"]
     if attribution["available"]:
         assert attribution["ms_per_image"]["saliency"]["median"] > 0
+    workers = report["sections"]["workers"]
+    assert workers["thread_seconds"]["n"] == 1 and workers["process_first_seconds"]["median"] > 0
+    assert workers["extra_first_seconds"] == pytest.approx(
+        workers["process_first_seconds"]["median"] - workers["thread_seconds"]["median"])
 
 
 def test_soak_is_opt_in_and_reads_as_a_sentence():

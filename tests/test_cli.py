@@ -54,3 +54,14 @@ def test_presets_cli():
     out = run_cli("presets", "--json")
     names = {p["name"] for p in json.loads(out.stdout)}
     assert {"hw2_bce_vs_ce", "hw3_baseline", "hw3_ann_vs_cnn", "hw3_gap"} <= names
+
+
+def test_train_cli_passes_the_same_gate(tmp_path, make_npz_dataset):
+    """On a demo server the CLI's runs are capped like the app's, and it says so."""
+    out = run_cli("train", "--model", "hw2_mlp", "--epochs", "3", "--size", "64", "--source",
+                  f"medmnist:{make_npz_dataset}", "--runs-dir", str(tmp_path), "--json",
+                  env_extra={"EXPLORE_DEMO_MODE": "1", "EXPLORE_MAX_EPOCHS": "1", "EXPLORE_DATA_ROOT": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "note: epochs capped at 1 (asked 3)" in out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["epoch"] for line in lines if line["kind"] == "epoch"] == [1]

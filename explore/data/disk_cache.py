@@ -5,7 +5,8 @@ this cache every new worker would regenerate the built-in synthetic set (about 1
 128 px set on a 2-core CPU) before its first epoch. Reading the cached tensors back takes a fraction
 of a second.
 
-Only bundles that are a pure function of their `DataSpec` are cached here (the synthetic sources):
+Only bundles that are a pure function of their `DataSpec` (and the generator's code, whose hash is
+part of the key) are cached here, i.e. the synthetic sources:
 a folder's images can change on disk, and the folder loader keeps its own per-file decode cache
 keyed by file size and modification time. Files live beside that cache ($EXPLORE_CACHE_DIR or
 ./.explore_cache), are read with `torch.load(weights_only=True)` (no code is ever unpickled), and
@@ -13,6 +14,7 @@ a missing, stale or damaged file is simply rebuilt. EXPLORE_BUNDLE_CACHE=0 turns
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -33,10 +35,20 @@ def cacheable(spec) -> bool:
     return os.environ.get("EXPLORE_BUNDLE_CACHE") != "0" and all(s == "synthetic" for s in sources)
 
 
+@functools.lru_cache(maxsize=1)
+def generator_fingerprint() -> str:
+    """A hash of the code that makes the synthetic images: edit the generator and old files no longer match."""
+    from . import bundle, synthetic
+
+    code = b"".join(Path(module.__file__).read_bytes() for module in (synthetic, bundle))
+    return hashlib.sha256(code).hexdigest()[:16]
+
+
 def cache_file(spec, cache_dir: str | None = None) -> Path:
     from .folder import default_cache_dir
 
-    name = hashlib.sha256(f"{spec.key()}|{CACHE_VERSION}".encode()).hexdigest()[:24]
+    key = f"{spec.key()}|{CACHE_VERSION}|{generator_fingerprint()}"
+    name = hashlib.sha256(key.encode()).hexdigest()[:24]
     return Path(cache_dir or default_cache_dir()) / f"bundle-{name}.pt"
 
 
