@@ -288,7 +288,8 @@ class JobManager:
                        for w in self.workers]
             if self.executor == "ray":  # where each slot's current task landed
                 for entry, worker in zip(workers, self.workers):
-                    entry |= {"node": worker.process.node, "device": worker.process.device()} if worker.process else {}
+                    if worker.process is not None:
+                        entry.update(node=worker.process.node, device=worker.process.device_label())
             return {"workers": workers, "queues": self._queue.by_namespace(),
                     "running": {run_id: job.namespace for run_id, job in self._running.items()}}
 

@@ -133,7 +133,10 @@ class StopPoll:
             return self.stopped
         ready, _ = self._ray.wait([self._pending], timeout=0)
         if ready:
-            self.stopped = bool(self._ray.get(self._pending))
+            try:
+                self.stopped = bool(self._ray.get(self._pending))
+            except self._ray.exceptions.RayError:  # the flag restarting: ask again, keep training meanwhile
+                self.stopped = False
             self._pending = None if self.stopped else self._flag.is_set.remote()
         return self.stopped
 
@@ -409,7 +412,7 @@ class RayExecutor:
     def node(self) -> str | None:
         return self.where.get("node")
 
-    def device(self) -> str:
+    def device_label(self) -> str:
         """The current run's device, as the class view shows it ('GPU 1 (NVIDIA T4)', 'CPU'), or '-' idle."""
         if not self.where:
             return "-"

@@ -207,3 +207,37 @@ def test_the_train_command_uses_the_cluster_when_an_address_is_set(tmp_path, clu
     final = lines[-1]
     assert final["status"] == "finished" and final["executor"] == "ray" and final["node"] == socket.gethostname()
     assert RunStore(tmp_path / "runs").load(final["run_id"]).metrics  # the curves in this machine's store
+
+
+@needs_ray
+def test_a_run_queued_from_the_train_page_trains_on_the_cluster_shows_its_node_and_stops(
+        tmp_path, manager, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    import pages.common
+
+    monkeypatch.setenv("EXPLORE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("EXPLORE_DEMO_SMALL", "1")  # the small default set: quick to make on the worker
+    monkeypatch.setattr(pages.common, "job_manager", lambda: manager)  # the app's manager, on Ray
+    page = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages/train.py"), default_timeout=60)
+    page.run()
+    page.number_input(key="epochs").set_value(300)
+    page.button(key="train_custom").click()
+    page.run()
+    assert not page.exception, [e.value for e in page.exception]
+    store = RunStore(tmp_path / "runs")
+    [run_id] = store.run_ids()
+    wait_for(lambda: store.load(run_id).metrics and store.load(run_id, with_metrics=False).status.get("batch"),
+             timeout=180)  # live curves and progress arrived from the worker
+    page.run()
+    progress = [element.proto.text for element in page.get("progress")]
+    assert any(f"on {socket.gethostname()}" in text for text in progress), progress
+    page.button(key=f"stop-{run_id}").click()
+    page.run()
+    assert manager.wait_idle(timeout=60)
+    record = store.load(run_id)
+    assert record.state == "stopped" and record.metrics and record.summary["executor"] == "ray"
+    page.run()
+    assert any("stopped" in alert.value for alert in page.info), [alert.value for alert in page.info]
