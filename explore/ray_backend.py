@@ -62,11 +62,26 @@ def connect(address: str | None) -> None:
     ray = import_ray()
     if ray.is_initialized():
         return
+    check_reachable(address)
     try:
         ray.init(address=address or "auto")
     except Exception as error:  # ConnectionError, timeouts, a bad address: say which cluster and how to start one
         raise ClusterError(f"cannot reach the Ray cluster at {address!r} ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0][:200]}); start one with `ray start --head`") from error
+                           f"{str(error).splitlines()[0][:200]}); start one with `ray start --head`, and where "
+                           "the cluster uses token authentication set RAY_AUTH_MODE=token here with its token "
+                           "(RAY_AUTH_TOKEN, or the file ~/.ray/auth_token)") from error
+
+
+def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail at once on a HOST:PORT nothing answers on: Ray itself keeps retrying for minutes."""
+    host, _, port = (address or "").rpartition(":")
+    if not host or not port.isdigit():
+        return  # 'auto' (Ray finds the local cluster itself, or says there is none)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise ClusterError(f"no Ray cluster answers at {address} ({error.strerror or error}); start one with "
+                           "`ray start --head --port=PORT` and check EXPLORE_RAY_ADDRESS") from error
 
 
 def slot_count(max_jobs: int | None = None) -> int:

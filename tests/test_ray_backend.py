@@ -241,3 +241,15 @@ def test_a_run_queued_from_the_train_page_trains_on_the_cluster_shows_its_node_a
     assert record.state == "stopped" and record.metrics and record.summary["executor"] == "ray"
     page.run()
     assert any("stopped" in alert.value for alert in page.info), [alert.value for alert in page.info]
+
+
+def test_an_address_nothing_answers_on_is_a_clear_error_at_once():
+    from explore.ray_backend import ClusterError, check_reachable
+
+    with socket.socket() as probe:  # a free port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=f"no Ray cluster answers at 127.0.0.1:{port}"):
+        check_reachable(f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 5
