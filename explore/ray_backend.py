@@ -261,13 +261,15 @@ def files_size(path: Path) -> int:
 
 
 def execute_remote(store: RunStore, run_id: str, stop_flag=None, settings: AppSettings | None = None,
-                   on_start: Callable[[dict], None] | None = None, slots: int | None = None) -> Iterator[dict]:
+                   on_start: Callable[[dict], None] | None = None, slots: int | None = None,
+                   stop_requested: Callable[[], bool] = lambda: False) -> Iterator[dict]:
     """Train a stored run as a Ray task; write what it streams back into `store` and yield the
     training records (epochs, then 'end') like `execute_run`. Needs a connected Ray (`connect`).
 
     stop_flag: the slot's StopFlag actor (None: the run cannot be stopped, the CLI's case).
     on_start: called with where the run landed (node, node_ip, gpu, pid) once the task starts.
     slots: how many runs share the cluster (the job manager's slots; default one per GPU or CPU).
+    stop_requested: a Stop pressed while the task still waits for a free GPU cancels it there.
     """
     ray = import_ray()
     settings = settings or load_settings()
@@ -285,6 +287,10 @@ def execute_remote(store: RunStore, run_id: str, stop_flag=None, settings: AppSe
                                               ray.put(payload) if payload is not None else None, data_note, threads)
     where: dict = {"executor": "ray"}
     try:
+        if not started_before_stop(ray, stream, stop_requested):
+            ray.cancel(stream)
+            yield stop_unstarted(store, run_id)
+            return
         for ref in stream:
             item = ray.get(ref)
             if item["kind"] == "started":
@@ -307,6 +313,25 @@ def execute_remote(store: RunStore, run_id: str, stop_flag=None, settings: AppSe
 def _remote_train_task():
     """`train_task` as a Ray remote function (made once: Ray ships a function's code to the cluster once)."""
     return import_ray().remote(num_returns="streaming", max_retries=0)(train_task)
+
+
+def started_before_stop(ray, stream, stop_requested: Callable[[], bool], poll_s: float = 0.5) -> bool:
+    """Wait for the task's first record (it has a GPU and started); False when a Stop comes first. A
+    cluster with fewer free GPUs than slots (a machine lost, another app's jobs) keeps tasks waiting."""
+    while True:
+        ready, _ = ray.wait([stream], timeout=poll_s)
+        if ready:
+            return True
+        if stop_requested():
+            return False
+
+
+def stop_unstarted(store: RunStore, run_id: str) -> dict:
+    message = "stopped before it started: it was waiting for a free worker on the Ray cluster"
+    summary = {"status": "stopped", "message": message, "run_id": run_id, "epochs_completed": 0, "executor": "ray"}
+    store.save_results(run_id, summary, None, None)
+    store.set_status(run_id, status="stopped", message=message, finished=time.time())
+    return {"kind": "end", "status": "stopped", "message": message, "run_id": run_id, "summary": summary}
 
 
 def write_record(store: RunStore, run_id: str, item: dict, where: dict) -> None:
@@ -393,14 +418,17 @@ class RemoteStopEvent:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self._ray = ray
+        self.requested = False  # this side's copy of the flag: a Stop pressed before the task started
         # On the server's own node, so losing a worker node never loses a flag.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         self.actor = _remote_stop_flag().options(scheduling_strategy=here).remote()
 
     def set(self) -> None:
+        self.requested = True
         self.actor.set.remote()  # fire and forget: Stop must not block the page
 
     def clear(self) -> None:
+        self.requested = False
         self._ray.get(self.actor.clear.remote())  # done before the next run is sent, so it never sees an old Stop
 
     def is_set(self) -> bool:
@@ -441,7 +469,8 @@ class RayExecutor:
         worker already recorded as failed there), so there is never a death for the caller to record."""
         try:
             for _ in execute_remote(RunStore(runs_root), run_id, self.stop_event.actor, self.settings(),
-                                    on_start=self._started, slots=self.slots):
+                                    on_start=self._started, slots=self.slots,
+                                    stop_requested=lambda: self.stop_event.requested):
                 pass
         finally:
             self.where = {}

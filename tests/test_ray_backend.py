@@ -125,7 +125,8 @@ def cluster(tmp_path_factory):
         # The Ray workers start as children of this process: they inherit the node's data cache folder.
         patch.setenv("EXPLORE_CACHE_DIR", str(tmp_path_factory.mktemp("node-cache")))
         patch.setenv("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # address="local": always a fresh instance of our own, never a cluster already running here
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
             yield ray
         finally:
@@ -253,3 +254,21 @@ def test_an_address_nothing_answers_on_is_a_clear_error_at_once():
     with pytest.raises(ClusterError, match=f"no Ray cluster answers at 127.0.0.1:{port}"):
         check_reachable(f"127.0.0.1:{port}")
     assert time.monotonic() - started < 5
+
+
+@needs_ray
+def test_stop_cancels_a_run_still_waiting_for_a_free_worker_on_the_cluster(tmp_path, cluster):
+    from explore.ray_backend import execute_remote
+
+    hog = cluster.remote(num_cpus=2)(lambda: time.sleep(120)).remote()  # every CPU of the cluster taken
+    store = RunStore(tmp_path / "runs")
+    run_id = store.create(cfg())
+    asked = time.monotonic()
+    try:
+        records = list(execute_remote(store, run_id, slots=2, stop_requested=lambda: time.monotonic() - asked > 1))
+    finally:
+        cluster.cancel(hog, force=True)
+    assert records[-1]["status"] == "stopped"
+    record = store.load(run_id)
+    assert record.state == "stopped" and "waiting for a free worker" in record.summary["message"]
+    assert record.status.get("pid") is None  # it never ran anywhere
