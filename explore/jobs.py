@@ -222,7 +222,7 @@ class JobManager:
                 job.stop.set()
                 for worker in self.workers:
                     if worker.job is job and worker.process is not None:
-                        worker.process.stop_event.set()
+                        worker.process.request_stop()
                 return True
             job = self._queue.remove(run_id)
         if job is None:
@@ -362,10 +362,7 @@ class JobManager:
     def _train_in_process(self, worker: Worker, job: Job) -> None:
         if worker.process is None or not worker.process.alive():
             self._start_process(worker)
-        worker.process.stop_event.clear()
-        if job.stop.is_set():  # Stop pressed between leaving the queue and now
-            worker.process.stop_event.set()
-        death = worker.process.train(str(job.store.root), job.run_id)
+        death = worker.process.train(str(job.store.root.resolve()), job.run_id, stop_requested=job.stop.is_set())
         if death is not None:
             record_worker_death(job.store, job.run_id, death)
             self._start_process(worker)  # a fresh worker, ready for the next run

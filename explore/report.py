@@ -103,7 +103,8 @@ def queue_text(position: int | None, wait_seconds: float | None = None) -> str:
         return "not in this server's queue"
     if position == 0:
         return "running"
-    text = "next in the queue" if position == 1 else f"waiting: {position - 1} runs ahead"
+    ahead = position - 1
+    text = "next in the queue" if position == 1 else f"waiting: {ahead} run{'s' if ahead > 1 else ''} ahead"
     return text if wait_seconds is None else f"{text} · {wait_text(wait_seconds)}"
 
 

@@ -59,6 +59,8 @@ def test_progress_within_and_across_epochs(status, fraction, text):
 def test_queue_text():
     assert [report.queue_text(p) for p in (0, 1, 3, None)] == [
         "running", "next in the queue", "waiting: 2 runs ahead", "not in this server's queue"]
+    assert report.queue_text(2, 150.0) == "waiting: 1 run ahead · starts in about 2 min"
+    assert report.queue_text(1, 20.0) == "next in the queue · starts in less than a minute"
 
 
 def test_metrics_table_and_confusion_frame():
