@@ -409,9 +409,8 @@ def _remote_stop_flag():
     return import_ray().remote(num_cpus=0, max_restarts=1)(StopFlag)  # no CPU: flags never take a run's slot
 
 
-class RemoteStopEvent:
-    """The slot's stop flag with the `set`/`clear`/`is_set` of a multiprocessing.Event, so the job
-    manager stops a Ray run exactly as it stops a worker process."""
+class RemoteStopFlag:
+    """The server's handle on a slot's StopFlag actor."""
 
     def __init__(self):
         ray = import_ray()
@@ -431,20 +430,17 @@ class RemoteStopEvent:
         self.requested = False
         self._ray.get(self.actor.clear.remote())  # done before the next run is sent, so it never sees an old Stop
 
-    def is_set(self) -> bool:
-        return bool(self._ray.get(self.actor.is_set.remote()))
-
 
 class RayExecutor:
     """One slot of the job manager on a Ray cluster: the counterpart of workers.WorkerProcess, with the
-    same `stop_event`, `train`, `alive`, `pid` and `close`. Each run is a fresh Ray task; a lost task
+    same `train`, `request_stop`, `alive`, `pid` and `close`. Each run is a fresh Ray task; a lost task
     ends its run as failed (execute_remote records it) and the slot goes on with the next run."""
 
     executor = "ray"
 
     def __init__(self, settings: Callable[[], AppSettings] = load_settings, slots: int | None = None):
         self.settings, self.slots = settings, slots  # settings are read at every run (ray_ship_mb)
-        self.stop_event = RemoteStopEvent()
+        self.stop_flag = RemoteStopFlag()
         self.where: dict = {}  # node, node_ip, gpu, pid of the run training now; {} while idle
 
     @property
@@ -464,13 +460,20 @@ class RayExecutor:
     def alive(self) -> bool:
         return True  # the slot is a promise of a Ray task, not a process: it cannot die
 
-    def train(self, runs_root: str, run_id: str) -> None:
+    def request_stop(self) -> None:
+        """Stop the current run within one batch (or cancel it while it waits for a free worker)."""
+        self.stop_flag.set()
+
+    def train(self, runs_root: str, run_id: str, stop_requested: bool = False) -> None:
         """Train one run on the cluster and block until it ends; its outcome is in the store (a lost
         worker already recorded as failed there), so there is never a death for the caller to record."""
+        self.stop_flag.clear()
+        if stop_requested:  # Stop pressed between leaving the queue and now
+            self.stop_flag.set()
         try:
-            for _ in execute_remote(RunStore(runs_root), run_id, self.stop_event.actor, self.settings(),
+            for _ in execute_remote(RunStore(runs_root), run_id, self.stop_flag.actor, self.settings(),
                                     on_start=self._started, slots=self.slots,
-                                    stop_requested=lambda: self.stop_event.requested):
+                                    stop_requested=lambda: self.stop_flag.requested):
                 pass
         finally:
             self.where = {}
@@ -481,6 +484,6 @@ class RayExecutor:
 
     def close(self, timeout: float = 5.0) -> None:
         try:
-            import_ray().kill(self.stop_event.actor)
+            import_ray().kill(self.stop_flag.actor)
         except Exception:  # the cluster already gone: nothing to clean up
             pass
