@@ -93,13 +93,16 @@ def slot_count(max_jobs: int | None = None) -> int:
     return gpus if gpus else max(1, int(resources.get("CPU", 1)))
 
 
-def task_resources(slots: int) -> tuple[dict, int]:
-    """What each run asks Ray for, and how many CPU threads it trains with: one GPU where the cluster
-    has them; else an equal share of the cluster's CPUs (one CPU per run with one slot per CPU)."""
-    resources = import_ray().cluster_resources()
-    if resources.get("GPU", 0) >= 1:
-        return {"num_gpus": 1, "num_cpus": 1}, 1
-    cpus = max(1, int(resources.get("CPU", 1)) // max(1, slots))
+def task_resources(cluster: dict, slots: int) -> tuple[dict, int]:
+    """What each run asks Ray for, and how many CPU threads it trains with, given the cluster's
+    resources (`ray.cluster_resources()`): one GPU where the cluster has them (a share of one when
+    EXPLORE_MAX_JOBS asks for more runs than there are GPUs: small course models leave most of a GPU
+    idle); else an equal share of the cluster's CPUs (one CPU per run with one slot per CPU)."""
+    slots = max(1, slots)
+    gpus = cluster.get("GPU", 0)
+    if gpus >= 1:
+        return {"num_gpus": min(1.0, gpus / slots), "num_cpus": 1}, 1
+    cpus = max(1, int(cluster.get("CPU", 1)) // slots)
     return {"num_cpus": cpus}, cpus
 
 
@@ -282,7 +285,7 @@ def execute_remote(store: RunStore, run_id: str, stop_flag=None, settings: AppSe
     except Exception as error:  # a damaged folder: the run fails before it is sent, the slot goes on
         yield fail_run(store, run_id, f"{type(error).__name__}: {error}", {"executor": "ray"})
         return
-    resources, threads = task_resources(slots or slot_count())
+    resources, threads = task_resources(ray.cluster_resources(), slots or slot_count())
     stream = _remote_train_task().options(**resources).remote(config.to_json(), run_id, stop_flag,
                                               ray.put(payload) if payload is not None else None, data_note, threads)
     where: dict = {"executor": "ray"}

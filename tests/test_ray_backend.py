@@ -272,3 +272,12 @@ def test_stop_cancels_a_run_still_waiting_for_a_free_worker_on_the_cluster(tmp_p
     record = store.load(run_id)
     assert record.state == "stopped" and "waiting for a free worker" in record.summary["message"]
     assert record.status.get("pid") is None  # it never ran anywhere
+
+
+def test_each_run_asks_for_one_gpu_or_a_fair_share_of_the_cluster():
+    from explore.ray_backend import task_resources
+
+    assert task_resources({"GPU": 4.0, "CPU": 64.0}, slots=4) == ({"num_gpus": 1.0, "num_cpus": 1}, 1)
+    assert task_resources({"GPU": 2.0, "CPU": 32.0}, slots=4) == ({"num_gpus": 0.5, "num_cpus": 1}, 1)  # shared
+    assert task_resources({"CPU": 2.0}, slots=2) == ({"num_cpus": 1}, 1)  # no GPU: one CPU per run
+    assert task_resources({"CPU": 16.0}, slots=4) == ({"num_cpus": 4}, 4)
