@@ -281,3 +281,14 @@ def test_each_run_asks_for_one_gpu_or_a_fair_share_of_the_cluster():
     assert task_resources({"GPU": 2.0, "CPU": 32.0}, slots=4) == ({"num_gpus": 0.5, "num_cpus": 1}, 1)  # shared
     assert task_resources({"CPU": 2.0}, slots=2) == ({"num_cpus": 1}, 1)  # no GPU: one CPU per run
     assert task_resources({"CPU": 16.0}, slots=4) == ({"num_cpus": 4}, 4)
+
+
+def test_a_run_on_another_machine_is_not_taken_for_dead_by_its_pid(runs_dir):
+    """A pid on a Ray node means nothing on the server: only the server's own pids are checked."""
+    store = RunStore(runs_dir)
+    run_id = store.create(cfg())
+    no_such_pid = 2 ** 22 + 12345
+    store.set_status(run_id, status="running", pid=no_such_pid, executor="ray", node="gpu-box-2")
+    assert store.load(run_id).state == "running"
+    store.set_status(run_id, node=socket.gethostname())  # on this machine the same pid means it died
+    assert store.load(run_id).state == "damaged"
