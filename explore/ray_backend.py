@@ -289,9 +289,11 @@ def execute_remote(store: RunStore, run_id: str, stop_flag=None, settings: AppSe
     stream = _remote_train_task().options(**resources).remote(config.to_json(), run_id, stop_flag,
                                               ray.put(payload) if payload is not None else None, data_note, threads)
     where: dict = {"executor": "ray"}
+    ended = False
     try:
         if not started_before_stop(ray, stream, stop_requested):
             ray.cancel(stream)
+            ended = True
             yield stop_unstarted(store, run_id)
             return
         for ref in stream:
@@ -306,10 +308,16 @@ def execute_remote(store: RunStore, run_id: str, stop_flag=None, settings: AppSe
                 write_record(store, run_id, item, where)
             else:
                 if item["kind"] == "end":
+                    ended = True
                     item["summary"] = (item.get("summary") or {}) | where
                 yield item
+        ended = True
     except ray.exceptions.RayError as error:
+        ended = True
         yield fail_run(store, run_id, lost_message(where, error, ray), where)
+    finally:
+        if not ended:  # this side gave up (its store failed, Ctrl-C in the CLI): end the task too
+            ray.cancel(stream, force=True)
 
 
 @functools.lru_cache(maxsize=1)

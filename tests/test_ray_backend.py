@@ -292,3 +292,25 @@ def test_a_run_on_another_machine_is_not_taken_for_dead_by_its_pid(runs_dir):
     assert store.load(run_id).state == "running"
     store.set_status(run_id, node=socket.gethostname())  # on this machine the same pid means it died
     assert store.load(run_id).state == "damaged"
+
+
+@needs_ray
+def test_when_the_server_side_gives_up_the_task_is_ended_too(tmp_path, cluster):
+    """E.g. Ctrl-C in `python -m explore train`: no orphan run keeps a worker (a GPU) busy."""
+    from explore.ray_backend import execute_remote
+
+    store = RunStore(tmp_path / "runs")
+    run_id = store.create(cfg(epochs=500))
+    records = execute_remote(store, run_id, slots=2)
+    assert next(records)["kind"] == "epoch"
+    pid = store.load(run_id, with_metrics=False).status["pid"]
+    records.close()  # the consumer stops listening
+
+    def gone():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, timeout=60)
