@@ -115,6 +115,25 @@ def test_without_ray_a_ray_address_is_a_clear_error(monkeypatch):
         JobManager(max_concurrent=0, settings=AppSettings(ray_address="auto"))
 
 
+def test_the_train_page_says_plainly_when_the_cluster_cannot_be_reached(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    with socket.socket() as probe:  # a free port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("EXPLORE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("EXPLORE_RAY_ADDRESS", f"127.0.0.1:{port}")
+    monkeypatch.delenv("EXPLORE_EXECUTOR", raising=False)
+    if ray is not None and ray.is_initialized():
+        pytest.skip("this process is connected to a Ray instance already")
+    page = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages/train.py"), default_timeout=60)
+    page.run()
+    assert not page.exception, [e.value for e in page.exception]
+    assert any(f"no Ray cluster answers at 127.0.0.1:{port}" in error.value for error in page.error)
+
+
 # ----- a local Ray instance ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -314,3 +333,4 @@ def test_when_the_server_side_gives_up_the_task_is_ended_too(tmp_path, cluster):
         return False
 
     wait_for(gone, timeout=60)
+
