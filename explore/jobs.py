@@ -17,6 +17,7 @@ One `JobManager` per server process is shared by every browser session (the app 
 from __future__ import annotations
 
 import os
+import socket
 import statistics
 import threading
 import time
@@ -37,13 +38,14 @@ STATUS_WRITE_INTERVAL_S = 0.5  # live progress is written at most this often (ke
 
 
 def execute_run(store: RunStore, run_id: str, should_stop: Callable[[], bool] = lambda: False,
-                device: str | None = None) -> Iterator[dict]:
+                device: str | None = None, bundle=None) -> Iterator[dict]:
     """Train the run whose config is stored under `run_id`, writing everything to its folder.
 
     Yields the training records (for the CLI's JSON lines); the final 'end' record carries the
     summary. Any failure ends as status 'failed' with its message; the worker survives.
     `device` pins the run to one GPU ("cuda:1": the job manager's worker for that GPU); a config
-    that asks for the CPU keeps the CPU.
+    that asks for the CPU keeps the CPU. `bundle`: the decoded data when the caller already has it
+    (a Ray worker node given a small folder through the object store); else the config's source loads.
     """
     from explore.device import Placement
     from explore.train import make_run
@@ -56,7 +58,7 @@ def execute_run(store: RunStore, run_id: str, should_stop: Callable[[], bool] = 
     run = None
     try:
         placement = Placement.choose(device, config.precision) if device and config.device != "cpu" else None
-        run = make_run(config, placement=placement)
+        run = make_run(config, bundle=bundle, placement=placement)
         if run.weights_name is not None:  # a transfer run whose weights turned out random says so in its name
             from explore.transfer import relabel_if_random
 
@@ -107,7 +109,7 @@ def execute_run(store: RunStore, run_id: str, should_stop: Callable[[], bool] = 
 
 # ----- the job manager -------------------------------------------------------------------------
 
-EXECUTORS = ("process", "thread")
+EXECUTORS = ("process", "thread", "ray")
 RECENT_RUNS_FOR_ESTIMATES = 20
 
 
@@ -149,10 +151,16 @@ def worker_devices(count: int) -> list[str | None]:
     return [f"cuda:{index % gpus}" if gpus else None for index in range(count)]
 
 
-def default_worker_count() -> int:
-    """EXPLORE_MAX_JOBS, else one worker per GPU (one on a CPU server)."""
+def default_worker_count(executor: str = "process") -> int:
+    """EXPLORE_MAX_JOBS, else one worker per GPU (one on a CPU server); on Ray, per cluster GPU (or CPU)."""
     env = os.environ.get("EXPLORE_MAX_JOBS")
-    return int(env) if env else max(1, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if env:
+        return int(env)
+    if executor == "ray":
+        from explore.ray_backend import slot_count
+
+        return slot_count()
+    return max(1, torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
 class JobManager:
@@ -161,17 +169,24 @@ class JobManager:
     settings: the deployment settings the gate applies: an `AppSettings`, or a function returning
               them (read at every submit); default `settings.load_settings` (the environment).
     executor: "process" (default; EXPLORE_EXECUTOR overrides) trains each run in a worker process;
-              "thread" trains in a thread of this process (tests that hand the trainer data in-process).
+              "thread" trains in a thread of this process (tests that hand the trainer data in-process);
+              "ray" sends each run to a Ray cluster (the default when the settings' EXPLORE_RAY_ADDRESS
+              is set; explore.ray_backend): the same gate, queue and Stop, one slot per cluster GPU.
     max_concurrent=0 makes a queue without workers: runs wait until stopped (page tests of the gate).
     """
 
     def __init__(self, max_concurrent: int | None = None, settings: AppSettings | Callable[[], AppSettings] | None = None,
                  executor: str | None = None):
-        self.max_concurrent = default_worker_count() if max_concurrent is None else max_concurrent
-        self.executor = executor or os.environ.get("EXPLORE_EXECUTOR", "process")
+        self._settings = settings if callable(settings) else (lambda: settings) if settings else load_settings
+        ray_address = self._settings().ray_address
+        self.executor = executor or os.environ.get("EXPLORE_EXECUTOR") or ("ray" if ray_address else "process")
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, not {self.executor!r}")
-        self._settings = settings if callable(settings) else (lambda: settings) if settings else load_settings
+        if self.executor == "ray":
+            from explore.ray_backend import connect
+
+            connect(ray_address)  # a clear ClusterError when ray is missing or the cluster unreachable
+        self.max_concurrent = default_worker_count(self.executor) if max_concurrent is None else max_concurrent
         if self.executor == "thread":
             from explore.device import reuse_freed_memory
 
@@ -182,7 +197,9 @@ class JobManager:
         self._running: dict[str, Job] = {}
         self._recent_speeds: deque[tuple[tuple, float]] = deque(maxlen=RECENT_RUNS_FOR_ESTIMATES)
         self._closed = False
-        self.workers = [Worker(index, device) for index, device in enumerate(worker_devices(self.max_concurrent))]
+        # On Ray each task gets its GPU on whichever node runs it; locally each worker is pinned here.
+        devices = [None] * self.max_concurrent if self.executor == "ray" else worker_devices(self.max_concurrent)
+        self.workers = [Worker(index, device) for index, device in enumerate(devices)]
         self._threads = [threading.Thread(target=self._work, args=(worker,), name=f"explore-trainer-{worker.index}",
                                           daemon=True) for worker in self.workers]
         for thread in self._threads:
@@ -270,12 +287,18 @@ class JobManager:
 
     def overview(self) -> dict:
         """Everything the instructor's class view shows, as plain data:
-        {"workers": [{"index", "device", "pid", "run_id"}], "queues": {namespace: [run_id, ...]},
-         "running": {run_id: namespace}}."""
+        {"workers": [{"index", "device", "node", "pid", "run_id"}], "queues": {namespace: [run_id, ...]},
+         "running": {run_id: namespace}}. `node`: the machine training the worker's run (this server's
+        name for local workers; on Ray the cluster node, None while the slot is idle)."""
         with self._lock:
             workers = [{"index": w.index, "device": w.device or "cpu",
                         "pid": w.process.pid if w.process is not None else (os.getpid() if w.job else None),
-                        "run_id": w.job.run_id if w.job else None} for w in self.workers]
+                        "run_id": w.job.run_id if w.job else None, "node": socket.gethostname()}
+                       for w in self.workers]
+            if self.executor == "ray":  # where each slot's current task landed
+                for entry, worker in zip(workers, self.workers):
+                    if worker.process is not None:
+                        entry.update(node=worker.process.node, device=worker.process.device_label())
             return {"workers": workers, "queues": self._queue.by_namespace(),
                     "running": {run_id: job.namespace for run_id, job in self._running.items()}}
 
@@ -313,14 +336,16 @@ class JobManager:
             return job
 
     def _work(self, worker: Worker) -> None:
-        if self.executor == "process":
+        if self.executor != "thread":
             try:
                 self._start_process(worker)  # warm before the first run: the interpreter and torch load now
             except Exception:  # e.g. out of memory: the next run tries again
                 traceback.print_exc()
         while (job := self._next_job(worker)) is not None:
             try:
-                if self.executor == "process":
+                if self.executor != "ray":  # a Ray run reports its own node when its task starts
+                    job.store.set_status(job.run_id, executor=self.executor, node=socket.gethostname())
+                if self.executor != "thread":
                     self._train_in_process(worker, job)
                 else:
                     for _ in execute_run(job.store, job.run_id, job.stop.is_set, device=worker.device):
@@ -334,6 +359,11 @@ class JobManager:
                 self._finished(worker, job)
 
     def _start_process(self, worker: Worker) -> None:
+        if self.executor == "ray":
+            from explore.ray_backend import RayExecutor
+
+            worker.process = RayExecutor(self._settings, slots=self.max_concurrent)
+            return
         from explore.workers import WorkerProcess
 
         worker.process = WorkerProcess(worker.device)
@@ -355,12 +385,13 @@ class JobManager:
                 self._recent_speeds.append((job.speed_key, speed))
 
 
-def record_worker_death(store: RunStore, run_id: str, message: str) -> None:
-    """End a run whose worker died (or could not start): status 'failed', the epochs it completed, and why."""
+def record_worker_death(store: RunStore, run_id: str, message: str, details: dict | None = None) -> None:
+    """End a run whose worker died (or could not start): status 'failed', the epochs it completed, and why
+    (`details` add to the summary, e.g. the Ray node it was on)."""
     try:
         epochs = len(store.load(run_id).metrics)
         store.save_results(run_id, {"status": "failed", "message": message, "run_id": run_id,
-                                    "epochs_completed": epochs}, None, None)
+                                    "epochs_completed": epochs} | (details or {}), None, None)
         store.set_status(run_id, status="failed", message=message, finished=time.time())
     except OSError:
         traceback.print_exc()

@@ -113,7 +113,14 @@ def progress(status: dict) -> tuple[float, str]:
     text = f"epoch {min(done_epochs + 1, epochs)} of {epochs}"
     if batches and batch:
         text += f" · batch {batch} of {batches}"
-    return fraction, text
+    return fraction, text + where_text(status)
+
+
+def where_text(status: dict) -> str:
+    """' · on gpu-box-2, GPU 1' for a run on a Ray cluster node ('' for runs on this server)."""
+    if status.get("executor") != "ray" or not status.get("node"):
+        return ""
+    return f" · on {status['node']}" + (f", GPU {status['gpu']}" if status.get("gpu") is not None else "")
 
 
 def queue_text(position: int | None, wait_seconds: float | None = None) -> str:

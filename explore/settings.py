@@ -13,6 +13,10 @@ app passes in), so the library stays free of Streamlit:
   EXPLORE_MAX_UPLOAD_MB, EXPLORE_MAX_UPLOAD_FILES   the demo caps (defaults below)
   EXPLORE_MAX_QUEUED_PER_SESSION   shared server or demo: runs one session may have queued or
                              training at once (default 8), so one student cannot fill the queue
+  EXPLORE_RAY_ADDRESS=auto|HOST:PORT   train runs on a Ray cluster instead of local worker
+                             processes (explore.ray_backend; needs `pip install "explore[cluster]"`)
+  EXPLORE_RAY_SHIP_MB        a folder or npz whose files total at most this many MB (default 256)
+                             is decoded here and sent to the Ray workers through the object store
 
 Every run passes one gate, `gate_request` (called by `JobManager.submit`): pages and the CLI only
 show what it said.
@@ -47,6 +51,8 @@ class AppSettings:
     max_upload_files: int = 2000
     max_queued_per_session: int = 8
     instructor_token: str | None = field(default=None, repr=False)  # None: no class view; never printed
+    ray_address: str | None = None  # None: runs train in local worker processes
+    ray_ship_mb: int = 256
 
     @property
     def per_session_runs(self) -> bool:
@@ -94,6 +100,8 @@ def load_settings(env: Mapping[str, str] | None = None, secrets: Mapping | None 
         max_upload_files=number("EXPLORE_MAX_UPLOAD_FILES", defaults.max_upload_files),
         max_queued_per_session=number("EXPLORE_MAX_QUEUED_PER_SESSION", defaults.max_queued_per_session),
         instructor_token=merged.get("EXPLORE_INSTRUCTOR_TOKEN", "").strip() or None,
+        ray_address=merged.get("EXPLORE_RAY_ADDRESS", "").strip() or None,
+        ray_ship_mb=number("EXPLORE_RAY_SHIP_MB", defaults.ray_ship_mb),
     )
 
 

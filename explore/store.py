@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -278,6 +279,8 @@ def _writer_gone(status: dict) -> bool:
     pid = status.get("pid")
     if not isinstance(pid, int):
         return False
+    if status.get("node") not in (None, socket.gethostname()):
+        return False  # trained on another machine (a Ray node): its pid means nothing here
     if pid == os.getpid():
         return False
     try:

@@ -13,6 +13,7 @@ from explore.jobs import execute_run
 from explore.settings import NotAllowed, gate_request, load_settings
 from explore.models import MODELS
 from explore.presets import PRESETS
+from explore.settings import load_settings
 from explore.store import RunStore, StoreError
 
 
@@ -185,7 +186,7 @@ def cli_main(argv: list[str]) -> int:
     try:
         configs = honest_weights(configs_from_args(args))
         # The same gate as the app's job queue (a demo server's caps apply here too); the CLI
-        # then trains in its own process, one run after another.
+        # then trains in its own process (or on the Ray cluster: trainer()), one run after another.
         configs, notes = gate_request(load_settings(), configs)
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
@@ -199,11 +200,16 @@ def cli_main(argv: list[str]) -> int:
 
 def train_all(store: RunStore, configs: list[RunConfig], as_json: bool) -> int:
     """Train the configs one after another, printing epoch lines and a final line per run.
-    Exit status 1 when any run failed or diverged."""
+    Exit status 1 when any run failed or diverged, 2 when the Ray cluster cannot be reached."""
+    try:
+        train = trainer()
+    except RuntimeError as error:  # ray_backend.ClusterError: ray missing or the cluster unreachable
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     worst = 0
     for config in configs:
         run_id = store.create(config)
-        for record in execute_run(store, run_id):
+        for record in train(store, run_id):
             if record["kind"] == "progress":
                 continue
             if record["kind"] == "end":
@@ -211,6 +217,18 @@ def train_all(store: RunStore, configs: list[RunConfig], as_json: bool) -> int:
                 worst = max(worst, 0 if record["status"] in ("finished", "stopped") else 1)
             print(json.dumps(record) if as_json else readable(record), flush=True)
     return worst
+
+
+def trainer():
+    """How the CLI trains a stored run: in this process, or on the Ray cluster at EXPLORE_RAY_ADDRESS
+    (the same backend as the app's, explore.ray_backend); both yield the same records."""
+    settings = load_settings()
+    if not settings.ray_address:
+        return execute_run
+    from explore.ray_backend import connect, execute_remote
+
+    connect(settings.ray_address)
+    return lambda store, run_id: execute_remote(store, run_id, settings=settings)
 
 
 def final_line(store: RunStore, run_id: str, end: dict) -> dict:
@@ -222,6 +240,8 @@ def final_line(store: RunStore, run_id: str, end: dict) -> dict:
         "test_acc": summary.get("test_acc"), "seconds_per_epoch": summary.get("seconds_per_epoch"),
         "params_total": summary.get("params_total"), "params_trainable": summary.get("params_trainable"),
         "weights": summary.get("weights"),
+        # where it trained: "ray" with the cluster node (and its GPU), else this machine
+        "executor": summary.get("executor", "local"), "node": summary.get("node"), "device": summary.get("device"),
     }
 
 

@@ -13,6 +13,7 @@ import streamlit as st
 
 from explore.data import DataError, DataSpec, load_bundle
 from explore.jobs import JobManager
+from explore.ray_backend import ClusterError
 from explore.settings import AppSettings, NotAllowed, load_settings
 from explore.store import RunStore, StoreError
 
@@ -36,10 +37,19 @@ _run_through_the_frame()
 
 
 @st.cache_resource
+def _shared_job_manager() -> JobManager:
+    return JobManager(settings=app_settings)
+
+
 def job_manager() -> JobManager:
     """One queue per server: a classroom shares the machine through it. Its `submit` is the gate
-    that applies the deployment settings (read at every request, secrets.toml included)."""
-    return JobManager(settings=app_settings)
+    that applies the deployment settings (read at every request, secrets.toml included). With
+    EXPLORE_RAY_ADDRESS set and no cluster to reach, the page says so instead of a traceback."""
+    try:
+        return _shared_job_manager()
+    except ClusterError as error:
+        st.error(f"Runs cannot start: {error}")
+        st.stop()
 
 
 def queue_runs(store: RunStore, configs: list) -> list[str] | None:

@@ -49,6 +49,9 @@ def test_curves_chart_uses_one_line_per_split_and_dashes_per_run():
      "epoch 2 of 4 · batch 5 of 10"),
     ({"status": "running", "epochs": 4, "epoch": 4, "batch": 0}, 1.0, "epoch 4 of 4"),
     ({"status": "running", "message": "preparing data"}, 0.0, "preparing data"),
+    ({"status": "running", "epochs": 4, "epoch": 1, "executor": "ray", "node": "gpu-box-2", "gpu": 1}, 0.25,
+     "epoch 2 of 4 · on gpu-box-2, GPU 1"),  # a run on a Ray cluster says where it trains
+    ({"status": "running", "epochs": 4, "epoch": 1, "executor": "process", "node": "server"}, 0.25, "epoch 2 of 4"),
 ])
 def test_progress_within_and_across_epochs(status, fraction, text):
     assert report.progress(status) == (pytest.approx(fraction), text)
