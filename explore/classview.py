@@ -180,10 +180,11 @@ def worker_rows(overview: dict, root: str | Path, labels: dict[str, str] | None 
     for worker in overview.get("workers", []):
         run_id = worker.get("run_id")
         namespace = running.get(run_id)
-        rows.append({"worker": worker["index"], "device": worker["device"], "pid": worker.get("pid"),
+        rows.append({"worker": worker["index"], "node": worker.get("node") or "", "device": worker["device"],
+                     "pid": worker.get("pid"),
                      "session": labels.get(_folder(namespace), "") if run_id else "",
                      "run": _run_name(root, namespace or "", run_id) if run_id and namespace is not None else "idle"})
-    return pd.DataFrame(rows, columns=["worker", "device", "pid", "session", "run"])
+    return pd.DataFrame(rows, columns=["worker", "node", "device", "pid", "session", "run"])
 
 
 def server_memory_mb(pid: int | None = None) -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def test_overview_shape_queues_by_session_and_cancel(runs_dir, monkeypatch):
         time.sleep(0.05)
     overview = manager.overview()
     assert overview["workers"] == [{"index": 0, "device": overview["workers"][0]["device"], "pid": os.getpid(),
-                                    "run_id": long_run}]
+                                    "run_id": long_run, "node": socket.gethostname()}]
     assert overview["running"] == {long_run: "session-a"}
     assert overview["queues"] == {"session-a": queued_a, "session-b": queued_b}
     json.dumps(overview)  # plain data, as the process-based manager will send it
@@ -132,7 +133,8 @@ def test_overview_shape_queues_by_session_and_cancel(runs_dir, monkeypatch):
     assert manager.wait_idle(timeout=60)
     assert b.load(queued_b[0]).state == "stopped" and a.load(long_run).state == "stopped"
     assert manager.overview() == {"workers": [{"index": 0, "device": overview["workers"][0]["device"],
-                                               "pid": None, "run_id": None}], "queues": {}, "running": {}}  # idle
+                                               "pid": None, "run_id": None, "node": socket.gethostname()}],
+                                  "queues": {}, "running": {}}  # idle
 
 
 # ----- the page ---------------------------------------------------------------------------
