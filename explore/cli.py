@@ -15,6 +15,7 @@ COMMANDS = {
     "presets": ("explore.presets", "list the homework presets"),
     "fetch-weights": ("explore.transfer", "download ImageNet weights into the torch hub cache"),
     "attribute": ("explore.attribution", "write saliency overlays for a finished run"),
+    "explain-report": ("explore.explain_report", "report card per attribution method: faithfulness, stability…"),
     "mismatch": ("explore.mismatch", "internal vs external metrics and the error decomposition"),
     "bench": ("explore.bench", "measure speed: fast path vs the course's loop, and more"),
 }
