@@ -184,8 +184,8 @@ def map_function(explainer: Explainer, method: str, smooth: bool):
     """(model inputs, target) → attribution N×C×H×W, the form Captum's metrics call."""
     def explain(inputs, target):
         x = inputs[0] if isinstance(inputs, tuple) else inputs
-        with torch.enable_grad():
-            return attr.attribute_inputs(explainer, x, method, target, smooth).detach()
+        maps = attr.attribute_inputs(explainer, x, method, target, smooth).detach()
+        return (maps,) if isinstance(inputs, tuple) else maps  # Captum iterates over what it passed in
     return explain
 
 
@@ -201,7 +201,8 @@ def map_sensitivity(explainer: Explainer, x: torch.Tensor, method: str, smooth: 
 
     return sensitivity_max(map_function(explainer, method, smooth), x, perturb_func=uniform_noise,
                            perturb_radius=radius, n_perturb_samples=n_perturb,
-                           max_examples_per_batch=max(len(x), 16), target=target).cpu()
+                           max_examples_per_batch=max(len(x), min(len(x) * n_perturb, 128)),
+                           target=target).cpu()
 
 
 def _gaussian_perturbation(sigma: float, seed: int, device):
