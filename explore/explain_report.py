@@ -491,9 +491,19 @@ def verdicts(m: dict) -> dict[str, dict]:
 SYMBOL = {PASS: "✅ pass", FAIL: "❌ fail", NOT_APPLICABLE: "— n/a"}
 
 
+def method_items(entry: dict) -> list[tuple[str, dict]]:
+    """(name, figures) of one split, in the card's row order."""
+    return [(name, entry["methods"][name]) for name in CARD_METHODS if name in entry["methods"]]
+
+
+def split_names(report: dict) -> list[str]:
+    """val before test (the cached JSON is written with sorted keys)."""
+    return sorted(report["splits"], key=lambda name: {"val": 0, "test": 1}.get(name, 2))
+
+
 def card_rows(report: dict) -> list[dict]:
     """One row per method, one column per test; each cell gives the verdict on val and on test side by side."""
-    splits = list(report["splits"])
+    splits = split_names(report)
     names = [n for n in CARD_METHODS if any(n in report["splits"][s]["methods"] for s in splits)]
     rows = []
     for name in names:
@@ -509,8 +519,8 @@ def card_rows(report: dict) -> list[dict]:
 def numbers_rows(report: dict) -> list[dict]:
     """The figures behind the verdicts: one row per split × method."""
     rows = []
-    for split_name, entry in report["splits"].items():
-        for name, m in entry["methods"].items():
+    for split_name in split_names(report):
+        for name, m in method_items(report["splits"][split_name]):
             row = {"split": split_name, "method": CARD_TITLES[name]}
             row.update({column: v["text"] for column, v in verdicts(m).items()})
             rows.append(row)
@@ -529,15 +539,15 @@ def pass_counts(report: dict, split_name: str) -> dict[str, tuple[int, int]]:
 def card_sentences(report: dict) -> list[str]:
     """What the card means for this run, in plain sentences."""
     sentences = []
-    for split_name in report["splits"]:
+    for split_name in split_names(report):
         counts = pass_counts(report, split_name)
         if not counts:
             continue
         ranked = sorted(counts.items(), key=lambda kv: -(kv[1][0] / max(1, kv[1][1])))
         listing = ", ".join(f"{CARD_TITLES[n]} {p}/{t}" for n, (p, t) in ranked)
         sentences.append(f"On {split_name} ({'site A' if split_name == 'val' else 'site B'}), tests passed: {listing}.")
-    first = next(iter(report["splits"].values()), {"methods": {}})
-    for name, m in first["methods"].items():
+    first = report["splits"][split_names(report)[0]] if report["splits"] else {"methods": {}}
+    for name, m in method_items(first):
         v = verdicts(m)
         if v["model_randomisation"]["verdict"] == FAIL:
             sentences.append(f"{CARD_TITLES[name]} barely changes when the model's weights are randomised "
@@ -547,12 +557,27 @@ def card_sentences(report: dict) -> list[str]:
                              f"its maps are not faithful here.")
     if "val" in report["splits"] and "test" in report["splits"]:
         val, test = report["splits"]["val"]["methods"], report["splits"]["test"]["methods"]
-        for name in val:
+        for name in (n for n in CARD_METHODS if n in val):
             if name in test and verdicts(val[name])["deletion"]["verdict"] != verdicts(test[name])["deletion"]["verdict"]:
                 good = "val" if verdicts(val[name])["deletion"]["verdict"] == PASS else "test"
                 sentences.append(f"{CARD_TITLES[name]} is faithful on {good} but not on the other hospital's images: "
                                  f"trust its maps on one site only.")
     return sentences
+
+
+def curve_rows(report: dict) -> list[dict]:
+    """Long-form rows for the curves chart: split × curve × method (and random order) × fraction moved."""
+    rows = []
+    for split_name in split_names(report):
+        entry = report["splits"][split_name]
+        fractions = entry["fractions"]
+        series = [("random order", entry["random_deletion_curve"], entry["random_insertion_curve"])]
+        series += [(CARD_TITLES[n], m["deletion_curve"], m["insertion_curve"]) for n, m in method_items(entry)]
+        for title, deletion, insertion in series:
+            for curve, values in (("deletion", deletion), ("insertion", insertion)):
+                rows += [{"split": split_name, "curve": curve, "method": title, "fraction": f, "score": v}
+                         for f, v in zip(fractions, values)]
+    return rows
 
 
 # ----------------------------------------------------------------------------- cache in the run folder

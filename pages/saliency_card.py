@@ -1,0 +1,106 @@
+"""The Saliency page's report card: which attribution maps deserve trust on this run (not a page itself).
+
+Computed on demand in a background thread (explore.explain_report.ReportJob), cached as JSON in
+the run folder, shown from that file on every later visit.
+"""
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from explore import explain_report as report_card
+from explore.store import RunStore
+
+
+@st.cache_resource
+def report_jobs() -> dict:
+    """(run folder, settings key) → ReportJob, shared by every session: one computation per run and settings."""
+    return {}
+
+
+def settings_widgets(loaded) -> report_card.ReportSettings:
+    left, right = st.columns([3, 1])
+    offered = [m for m in report_card.CARD_METHODS if not (m == "gradcam" and loaded.gradcam_layer_name is None)]
+    methods = left.multiselect("Methods", offered, default=offered, key="card_methods",
+                               format_func=report_card.CARD_TITLES.get,
+                               help="Saliency and Grad-CAM take seconds; Integrated Gradients, Occlusion and "
+                                    "SmoothGrad take longer (leave them out for a quick card)")
+    n_images = right.select_slider("Images per split", [8, 16, 32], value=16, key="card_n")
+    splits = tuple(name for name in ("val", "test") if len(loaded.split(name)))
+    return report_card.ReportSettings(methods=tuple(m for m in report_card.CARD_METHODS if m in methods),
+                                      n_images=n_images, splits=splits)
+
+
+def show_card(report: dict) -> None:
+    st.markdown(f"**{report['settings']['n_images']} images per split**, the class each image was predicted as "
+                f"explained. Removed pixels become {report['replacement']}. Noise: {report['noise']}. "
+                f"Computed in {report['seconds']:.0f} s.")
+    config = {"method": st.column_config.TextColumn("method")}
+    config.update({column: st.column_config.TextColumn(title, help=report_card.COLUMN_MEANING[column])
+                   for column, title in report_card.CARD_COLUMNS.items()})
+    st.dataframe(pd.DataFrame(report_card.card_rows(report)), hide_index=True, column_config=config,
+                 key="card_table")
+    st.caption("Each cell: the verdict on val (site A, the training hospital) · on test (site B). "
+               "Hover a column title for what passing means.")
+    for sentence in report_card.card_sentences(report):
+        st.markdown(f"- {sentence}")
+    with st.expander("The numbers behind the verdicts"):
+        st.dataframe(pd.DataFrame(report_card.numbers_rows(report)), hide_index=True)
+    frame = pd.DataFrame(report_card.curve_rows(report))
+    dashed = alt.condition(alt.datum.method == "random order", alt.value([4, 4]), alt.value([0]))
+    chart = alt.Chart(frame).mark_line(point=True).encode(
+        x=alt.X("fraction:Q", title="share of pixels removed / revealed", axis=alt.Axis(format="%")),
+        y=alt.Y("score:Q", title="P(explained class)", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("method:N", title=None), strokeDash=dashed,
+        column=alt.Column("curve:N", title=None, sort=["deletion", "insertion"]),
+        row=alt.Row("split:N", title=None, sort=["val", "test"]),
+        tooltip=["split", "curve", "method", alt.Tooltip("fraction:Q", format=".0%"), alt.Tooltip("score:Q", format=".2f")],
+    ).properties(width=300, height=180)
+    st.altair_chart(chart)
+    st.caption("Deletion: most-attributed pixels removed first: a faithful map makes the score fall fast (below "
+               "the dashed random order). Insertion: most-attributed pixels revealed first: the score should rise fast.")
+
+
+def watch(job: report_card.ReportJob) -> None:
+    """Progress while the background thread works; a full rerun shows the card once the file is written."""
+    if job.error:
+        st.error(f"The report card could not be computed: {job.error}")
+        return
+    progress = job.progress
+    fraction = progress.done / progress.total if progress else 0.0
+    st.progress(fraction, text=progress.message if progress else "starting…")
+    if job.report is not None:
+        st.rerun()
+
+
+def report_card_section(store: RunStore, run_id: str, loaded, device) -> None:
+    st.header("Report card: which maps deserve trust?")
+    st.caption("Each method is put through the tests of the literature on this run's own images: deletion and "
+               "insertion curves (faithfulness), Captum's sensitivity and infidelity (stability), both randomisation "
+               "tests of Adebayo et al. 2018, and, where the data knows where the lesion is, the lesion's share and "
+               "the pointing game. Val and test side by side: a map can be faithful at one hospital and not the other.")
+    settings = settings_widgets(loaded)
+    if not settings.methods:
+        st.info("Pick at least one method.")
+        return
+    run_dir = store.path(run_id)
+    cached = report_card.load_cached_report(run_dir, settings)
+    if cached is not None:
+        show_card(cached)
+        return
+    key = (str(run_dir), settings.key())
+    job = report_jobs().get(key)
+    if job is None or (job.error and not job.running):
+        if st.button("Compute the report card", key="card_compute", type="primary"):
+            splits = {name: loaded.split(name) for name in settings.splits}
+            job = report_card.ReportJob(run_dir, settings).start(loaded.explainer(device), splits)
+            report_jobs()[key] = job
+        else:
+            if job is not None and job.error:
+                st.error(f"The last try failed: {job.error}")
+            st.caption("Saliency and Grad-CAM take seconds; all five methods on 16 images per split a few minutes "
+                       "on a laptop CPU. It runs in the background: the page stays usable, and the card is saved with "
+                       "the run.")
+            return
+    st.fragment(run_every=1.0)(watch)(job)
