@@ -33,6 +33,7 @@ the page's background thread and the tests all drain the same generator.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -49,7 +50,9 @@ from torchvision.transforms.functional import gaussian_blur
 
 from explore import attribution as attr
 from explore.attribution import Explainer
+from explore.config import RunConfig
 from explore.data import Split
+from explore.store import RunStore
 
 # The five rows of the card: (attribution method, SmoothGrad on?).
 CARD_METHODS: dict[str, tuple[str, bool]] = {
@@ -552,6 +555,9 @@ def card_sentences(report: dict) -> list[str]:
         if v["model_randomisation"]["verdict"] == FAIL:
             sentences.append(f"{CARD_TITLES[name]} barely changes when the model's weights are randomised "
                              f"({v['model_randomisation']['text']}): its maps show the image, not what this model learned.")
+        if v["data_randomisation"]["verdict"] == FAIL:
+            sentences.append(f"{CARD_TITLES[name]} looks the same for a model trained on shuffled labels "
+                             f"({v['data_randomisation']['text']}): flagged, its maps do not reflect what the labels taught.")
         if v["deletion"]["verdict"] == FAIL and v["insertion"]["verdict"] == FAIL:
             sentences.append(f"{CARD_TITLES[name]}'s top pixels matter to the model no more than random pixels: "
                              f"its maps are not faithful here.")
@@ -578,6 +584,32 @@ def curve_rows(report: dict) -> list[dict]:
                 rows += [{"split": split_name, "curve": curve, "method": title, "fraction": f, "score": v}
                          for f, v in zip(fractions, values)]
     return rows
+
+
+# ----------------------------------------------------------------------------- the data-randomisation run
+def data_randomisation_config(config: RunConfig) -> RunConfig:
+    """The run's config with shuffled training labels: queued as a normal run, reused once trained."""
+    if config.permute_labels:
+        raise ValueError("this run was itself trained on shuffled labels")
+    name = f"{config.name or config.model} · shuffled labels"
+    return dataclasses.replace(config, permute_labels=True, name=name)
+
+
+def find_data_randomisation_run(store: RunStore, config: RunConfig) -> tuple[str | None, str | None]:
+    """(run id, state) of the newest run whose config is this one's with shuffled labels (name and group
+    aside); a finished one with weights wins over a newer one still queued or running. (None, None) if none."""
+    pending = (None, None)
+    for record in store.list():  # newest first
+        other = record.config
+        if record.damaged or other is None or not other.permute_labels:
+            continue
+        if not set(config.differences(other)) <= {"permute_labels", "name", "group"}:
+            continue
+        if (record.path / "weights.pt").exists() and (record.path / "predictions.pt").exists():
+            return record.run_id, "finished"
+        if pending[0] is None and record.state in ("queued", "running"):
+            pending = (record.run_id, record.state)
+    return pending
 
 
 # ----------------------------------------------------------------------------- cache in the run folder
@@ -644,6 +676,38 @@ class ReportJob:
         return self
 
 
+# ----------------------------------------------------------------------------- benchmark
+def benchmark_report(image_size: int = 128, n_images: int = 16, methods=FAST_METHODS, splits: int = 1,
+                     model_name: str = "hw3_cnn", device: torch.device | str | None = None) -> dict:
+    """Seconds for the whole card (every test) of `methods` on `n_images` per split, `splits` splits.
+
+    A randomly initialised model on random X-ray-sized images with a lesion box: the cost of the
+    tests depends on the image size, the model and the count, not on what the model learned.
+    """
+    from explore.models import build_model
+    from explore.train import InputPipeline
+
+    torch.manual_seed(0)
+    model = build_model(model_name, image_size, 1).eval()
+    images = torch.randint(0, 256, (n_images, 1, image_size, image_size), dtype=torch.uint8)
+    lesion = torch.zeros(n_images, 1, image_size, image_size, dtype=torch.bool)
+    lesion[1::2, :, image_size // 4:image_size // 2, image_size // 4:image_size // 2] = True
+    split = Split(images=images, labels=torch.arange(n_images) % 2, sites=("A",) * n_images,
+                  ids=tuple(str(i) for i in range(n_images)), original_sizes=torch.full((n_images, 2), image_size),
+                  masks={"lesion": lesion})
+    explainer = attr.make_explainer(model, InputPipeline(RunConfig(), images), image_size, device)
+    names = ("val", "test")[:splits]
+    settings = ReportSettings(methods=tuple(methods), n_images=n_images, splits=names)
+    started = time.perf_counter()
+    report = compute_report(explainer, {name: split for name in names}, settings)
+    seconds = time.perf_counter() - started
+    per_method = {name: round(sum(report["splits"][s]["methods"][name]["seconds"] for s in names), 3)
+                  for name in methods}
+    return {"model": model_name, "image_size": image_size, "n_images": n_images, "splits": splits,
+            "methods": list(methods), "seconds": round(seconds, 3), "seconds_per_method": per_method,
+            "threads": torch.get_num_threads(), "device": str(explainer.device)}
+
+
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m explore explain-report",
@@ -673,6 +737,17 @@ def cli_report(report: dict, split_name: str) -> dict:
             "seconds": report["seconds"]}
 
 
+def permuted_explainer(loaded: attr.LoadedRun) -> tuple[str | None, Explainer | None]:
+    """The finished shuffled-label copy of a run, beside it in the same runs folder, if there is one."""
+    if loaded.config.permute_labels:
+        return None, None
+    store = RunStore(loaded.record.path.parent)
+    permuted_id, state = find_data_randomisation_run(store, loaded.config)
+    if state != "finished":
+        return None, None
+    return permuted_id, attr.load_run(store, permuted_id, bundle=loaded.bundle).explainer()
+
+
 def cli_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from explore.data import DataError
@@ -685,13 +760,14 @@ def cli_main(argv: list[str] | None = None) -> int:
         split = loaded.split(args.split)
         if len(split) == 0:
             raise DataError(f"this dataset has no {args.split} images")
-        report = compute_report(loaded.explainer(), {args.split: split}, settings, on_progress=lambda p: print(
+        permuted_id, permuted = permuted_explainer(loaded)
+        report = compute_report(loaded.explainer(), {args.split: split}, settings, permuted, on_progress=lambda p: print(
             f"[{p.done}/{p.total}] {p.message}", file=sys.stderr))
     except (StoreError, DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    report["permuted_run"] = None
-    save_report(args.run, settings, report)
+    report["permuted_run"] = permuted_id
+    save_report(args.run, settings, report, permuted_id)
     out = cli_report(report, args.split)
     if args.json:
         print(json.dumps(out, indent=2))

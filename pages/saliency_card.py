@@ -9,8 +9,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from explore import attribution as attr
 from explore import explain_report as report_card
-from explore.store import RunStore
+from explore.store import RunStore, StoreError
+from pages.common import job_manager
 
 
 @st.cache_resource
@@ -74,6 +76,29 @@ def watch(job: report_card.ReportJob) -> None:
         st.rerun()
 
 
+def data_randomisation_widget(store: RunStore, loaded) -> str | None:
+    """The shuffled-label copy of this run: its id once trained, else a button that queues it (None)."""
+    if loaded.config.permute_labels:
+        st.caption("This run was itself trained on shuffled labels: it is the data-randomisation model of another run.")
+        return None
+    permuted_id, state = report_card.find_data_randomisation_run(store, loaded.config)
+    if state == "finished":
+        st.caption(f"Data randomisation: compared with run `{permuted_id}`, the same model trained on shuffled labels.")
+        return permuted_id
+    if state in ("queued", "running"):
+        st.info(f"The shuffled-label model is {state} (run `{permuted_id}`); the Train page shows its progress. "
+                f"Come back when it has finished to add the data-randomisation test.")
+        return None
+    left, right = st.columns([3, 1])
+    left.caption("Data randomisation (Adebayo et al. 2018) needs the same model trained on shuffled labels: a map "
+                 "that still looks the same for a model that learned nothing real does not explain the model.")
+    if right.button("Train it (a normal run)", key="card_train_permuted"):
+        config = report_card.data_randomisation_config(loaded.config)
+        new_id = job_manager().submit(store, [config])[0]
+        st.success(f"Queued run `{new_id}` ({config.name}).")
+    return None
+
+
 def report_card_section(store: RunStore, run_id: str, loaded, device) -> None:
     st.header("Report card: which maps deserve trust?")
     st.caption("Each method is put through the tests of the literature on this run's own images: deletion and "
@@ -84,17 +109,17 @@ def report_card_section(store: RunStore, run_id: str, loaded, device) -> None:
     if not settings.methods:
         st.info("Pick at least one method.")
         return
+    permuted_id = data_randomisation_widget(store, loaded)
     run_dir = store.path(run_id)
-    cached = report_card.load_cached_report(run_dir, settings)
+    cached = report_card.load_cached_report(run_dir, settings, permuted_id)
     if cached is not None:
         show_card(cached)
         return
-    key = (str(run_dir), settings.key())
+    key = (str(run_dir), settings.key(), permuted_id)
     job = report_jobs().get(key)
     if job is None or (job.error and not job.running):
         if st.button("Compute the report card", key="card_compute", type="primary"):
-            splits = {name: loaded.split(name) for name in settings.splits}
-            job = report_card.ReportJob(run_dir, settings).start(loaded.explainer(device), splits)
+            job = start_job(store, run_dir, loaded, settings, permuted_id, device)
             report_jobs()[key] = job
         else:
             if job is not None and job.error:
@@ -104,3 +129,15 @@ def report_card_section(store: RunStore, run_id: str, loaded, device) -> None:
                        "the run.")
             return
     st.fragment(run_every=1.0)(watch)(job)
+
+
+def start_job(store: RunStore, run_dir, loaded, settings, permuted_id: str | None, device) -> report_card.ReportJob:
+    permuted = None
+    if permuted_id is not None:
+        try:
+            permuted = attr.load_run(store, permuted_id, bundle=loaded.bundle).explainer(device)
+        except (StoreError, ValueError, RuntimeError) as error:
+            st.warning(f"The shuffled-label run cannot be loaded ({error}); the card leaves data randomisation out.")
+            permuted_id = None
+    splits = {name: loaded.split(name) for name in settings.splits}
+    return report_card.ReportJob(run_dir, settings).start(loaded.explainer(device), splits, permuted, permuted_id)

@@ -232,3 +232,57 @@ def test_cli_prints_the_documented_json(tmp_path, capsys, monkeypatch):
         assert all(figures[k] is not None for k in R.METRIC_KEYS)  # the tiny bundle has lesion masks
     assert list((tmp_path / run_id / "explain_report").glob("*.json"))  # cached for the page
     assert main(["explain-report", "--run", str(tmp_path / "nope")]) == 2
+
+
+def test_data_randomisation_run_trains_on_a_permutation_of_the_labels(tmp_path):
+    from conftest import make_bundle
+    from explore.data import DataSpec
+    from explore.train import TrainingRun, permuted_labels
+
+    bundle = make_bundle(size=SIZE, n_train=32, n_val=16, n_test=16)
+    config = RunConfig(data=DataSpec(image_size=SIZE), model="lab4_gap", epochs=1, batch_size=16, name="tiny")
+    shuffled = R.data_randomisation_config(config)
+    assert shuffled.permute_labels and shuffled.name == "tiny · shuffled labels"
+    assert set(config.differences(shuffled)) == {"permute_labels", "name"}
+    with pytest.raises(ValueError, match="itself"):
+        R.data_randomisation_config(shuffled)
+
+    labels = permuted_labels(bundle.train.labels, seed=0)
+    assert torch.equal(labels.sort().values, bundle.train.labels.sort().values)  # a permutation: same counts
+    assert not torch.equal(labels, bundle.train.labels)
+    run = TrainingRun(shuffled, bundle)
+    assert torch.equal(run.data["train"][1].cpu(), labels)  # what the loop trains on
+    assert torch.equal(run.data["val"][1].cpu(), bundle.val.labels)  # evaluated against the truth
+    plain = TrainingRun(config, bundle)
+    assert torch.equal(plain.data["train"][1].cpu(), bundle.train.labels)
+
+
+def test_the_shuffled_label_run_is_found_and_compared(tmp_path, monkeypatch):
+    from conftest import make_bundle
+    import explore.train
+    from explore.data import DataSpec
+    from explore.jobs import execute_run
+    from explore.store import RunStore
+
+    bundle = make_bundle(size=SIZE, n_train=32, n_val=16, n_test=16)
+    monkeypatch.setattr(explore.train, "load_bundle", lambda spec: bundle)
+    store = RunStore(tmp_path)
+    config = RunConfig(data=DataSpec(image_size=SIZE), model="lab4_gap", epochs=1, batch_size=16, name="tiny")
+    original = store.create(config)
+    assert R.find_data_randomisation_run(store, config) == (None, None)
+    shuffled = store.create(R.data_randomisation_config(config))
+    assert R.find_data_randomisation_run(store, config) == (shuffled, "queued")
+    for run_id in (original, shuffled):
+        assert list(execute_run(store, run_id))[-1]["status"] == "finished"
+    assert R.find_data_randomisation_run(store, config) == (shuffled, "finished")
+    other = RunConfig(data=DataSpec(image_size=SIZE), model="lab4_gap", epochs=2, batch_size=16)
+    assert R.find_data_randomisation_run(store, other) == (None, None)  # a different run's copy does not count
+
+    loaded = A.load_run(store, original, bundle=bundle)
+    permuted_id, permuted = R.permuted_explainer(loaded)
+    assert permuted_id == shuffled
+    settings = R.ReportSettings(methods=("saliency",), n_images=4, splits=("val",), n_perturb=2)
+    report = R.compute_report(loaded.explainer(), {"val": bundle.val}, settings, permuted)
+    rho = report["splits"]["val"]["methods"]["saliency"]["data_randomisation_spearman"]
+    assert rho is not None and -1 <= rho <= 1
+    assert R.verdicts(report["splits"]["val"]["methods"]["saliency"])["data_randomisation"]["verdict"] in ("pass", "fail")
