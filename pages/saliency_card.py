@@ -24,10 +24,11 @@ def report_jobs() -> dict:
 def settings_widgets(loaded) -> report_card.ReportSettings:
     left, right = st.columns([3, 1])
     offered = [m for m in report_card.CARD_METHODS if not (m == "gradcam" and loaded.gradcam_layer_name is None)]
-    methods = left.multiselect("Methods", offered, default=offered, key="card_methods",
+    default = [m for m in report_card.FAST_METHODS if m in offered]
+    methods = left.multiselect("Methods", offered, default=default, key="card_methods",
                                format_func=report_card.CARD_TITLES.get,
-                               help="Saliency and Grad-CAM take seconds; Integrated Gradients, Occlusion and "
-                                    "SmoothGrad take longer (leave them out for a quick card)")
+                               help="Saliency and Grad-CAM take seconds; add Integrated Gradients, Occlusion and "
+                                    "SmoothGrad for the full card (minutes on a CPU, with a progress bar)")
     n_images = right.select_slider("Images per split", [8, 16, 32], value=16, key="card_n")
     splits = tuple(name for name in ("val", "test") if len(loaded.split(name)))
     return report_card.ReportSettings(methods=tuple(m for m in report_card.CARD_METHODS if m in methods),
