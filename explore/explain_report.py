@@ -491,7 +491,8 @@ def verdicts(m: dict) -> dict[str, dict]:
     return out
 
 
-SYMBOL = {PASS: "✅ pass", FAIL: "❌ fail", NOT_APPLICABLE: "— n/a"}
+SYMBOL = {PASS: "✅", FAIL: "❌", NOT_APPLICABLE: "—"}
+LEGEND = "✅ pass · ❌ fail · — does not apply"
 
 
 def method_items(entry: dict) -> list[tuple[str, dict]]:
@@ -505,7 +506,8 @@ def split_names(report: dict) -> list[str]:
 
 
 def card_rows(report: dict) -> list[dict]:
-    """One row per method, one column per test; each cell gives the verdict on val and on test side by side."""
+    """One row per method, one column per test; each cell holds the verdicts on val and test side by side
+    (e.g. "✅ | ❌": passes on val, fails on test; in `split_names` order)."""
     splits = split_names(report)
     names = [n for n in CARD_METHODS if any(n in report["splits"][s]["methods"] for s in splits)]
     rows = []
@@ -514,7 +516,7 @@ def card_rows(report: dict) -> list[dict]:
         per_split = {s: verdicts(report["splits"][s]["methods"][name]) for s in splits
                      if name in report["splits"][s]["methods"]}
         for column in CARD_COLUMNS:
-            row[column] = " · ".join(f"{s} {SYMBOL[v[column]['verdict']]}" for s, v in per_split.items())
+            row[column] = " | ".join(SYMBOL[v[column]["verdict"]] for v in per_split.values())
         rows.append(row)
     return rows
 
@@ -772,9 +774,10 @@ def cli_main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
+    print(f"{LEGEND}")
     print(f"{args.split}: {out['n_images']} images; removed pixels become {out['replacement']}; {out['noise']}")
     for row in card_rows(report):
-        print(f"  {row['method']:<24} " + "  ".join(f"{CARD_COLUMNS[c]}: {row[c].split(' ', 1)[1]}" for c in CARD_COLUMNS))
+        print(f"  {row['method']:<24} " + "  ".join(f"{CARD_COLUMNS[c]}: {row[c]}" for c in CARD_COLUMNS))
     for sentence in card_sentences(report):
         print(f"- {sentence}")
     return 0

@@ -42,10 +42,10 @@ def show_card(report: dict) -> None:
     config = {"method": st.column_config.TextColumn("method")}
     config.update({column: st.column_config.TextColumn(title, help=report_card.COLUMN_MEANING[column])
                    for column, title in report_card.CARD_COLUMNS.items()})
-    st.dataframe(pd.DataFrame(report_card.card_rows(report)), hide_index=True, column_config=config,
-                 key="card_table")
-    st.caption("Each cell: the verdict on val (site A, the training hospital) · on test (site B). "
-               "Hover a column title for what passing means.")
+    with st.container(key="card_table"):
+        st.dataframe(pd.DataFrame(report_card.card_rows(report)), hide_index=True, column_config=config)
+    st.caption(f"Each cell: the verdict on val (site A, the training hospital) | on test (site B). "
+               f"{report_card.LEGEND}. Hover a column title for what passing means; the numbers are below.")
     for sentence in report_card.card_sentences(report):
         st.markdown(f"- {sentence}")
     with st.expander("The numbers behind the verdicts"):
