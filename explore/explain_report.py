@@ -299,7 +299,7 @@ def data_randomisation_spearman(permuted: Explainer | None, images: torch.Tensor
 
 
 def _mean(values: torch.Tensor) -> float | None:
-    return attr.nanmean(values.double().float())
+    return attr.nanmean(values.float())
 
 
 def _rounded(values, digits: int = 4) -> list:
