@@ -491,8 +491,9 @@ def verdicts(m: dict) -> dict[str, dict]:
     return out
 
 
-SYMBOL = {PASS: "✅", FAIL: "❌", NOT_APPLICABLE: "—"}
-LEGEND = "✅ pass · ❌ fail · — does not apply"
+# Plain words, not emoji: they read the same in every font and in the CLI.
+SYMBOL = {PASS: "pass", FAIL: "FAIL", NOT_APPLICABLE: "n/a"}
+LEGEND = "pass · FAIL · n/a: the test does not apply"
 
 
 def method_items(entry: dict) -> list[tuple[str, dict]]:
@@ -507,7 +508,7 @@ def split_names(report: dict) -> list[str]:
 
 def card_rows(report: dict) -> list[dict]:
     """One row per method, one column per test; each cell holds the verdicts on val and test side by side
-    (e.g. "✅ | ❌": passes on val, fails on test; in `split_names` order)."""
+    (e.g. "pass | FAIL": passes on val, fails on test; in `split_names` order)."""
     splits = split_names(report)
     names = [n for n in CARD_METHODS if any(n in report["splits"][s]["methods"] for s in splits)]
     rows = []
