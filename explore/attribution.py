@@ -299,6 +299,13 @@ def _attribute_batch(explainer: Explainer, x: torch.Tensor, method: str, target:
     return attributions
 
 
+def attribute_inputs(explainer: Explainer, x: torch.Tensor, method: str, target: torch.Tensor,
+                     smooth: bool = False, n_steps: int = 16, nt_samples: int = 8) -> torch.Tensor:
+    """Maps N×C×H×W for inputs already through the pipeline (what Captum's metrics perturb and pass in)."""
+    with torch.enable_grad():
+        return _attribute_batch(explainer, x, method, target.to(x.device), smooth, n_steps, nt_samples, None)
+
+
 @dataclass
 class Maps:
     """Attribution maps for a batch of images."""

@@ -48,6 +48,7 @@ class RunConfig:
     augment: tuple[str, ...] = ()  # subset of AUGMENTATIONS; no horizontal flip unless asked
     input_norm: str = "dataset"  # how pixels are standardised before the model
     train_dev_fraction: float = 0.0  # hold out this share of train as "train-dev" (mismatch analysis)
+    permute_labels: bool = False  # data-randomisation test (Adebayo 2018): train on shuffled labels
     # Transfer learning (pretrained backbones only)
     transfer_mode: str = "none"
     transfer_head: str = "course"

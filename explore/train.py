@@ -78,6 +78,16 @@ class InputPipeline:
         return {"norm": self.norm, "mean": self.mean, "std": self.std}
 
 
+def permuted_labels(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """The data-randomisation test's training labels: the same labels in a seeded random order.
+
+    Class counts stay the same; any link between an image and its label is gone, so a model can
+    only memorise. Val and test keep their true labels (its accuracy there should be chance).
+    """
+    g = torch.Generator().manual_seed(seed + 7)
+    return labels[torch.randperm(len(labels), generator=g)]
+
+
 def make_loss(config: RunConfig, train_labels: torch.Tensor, num_classes: int, device: torch.device):
     """BCE-with-logits on 1 output, or cross-entropy on K outputs; optional inverse-frequency weights."""
     counts = torch.bincount(train_labels.cpu(), minlength=num_classes).float().clamp_min(1)
@@ -217,7 +227,9 @@ class TrainingRun:
             if len(split) == 0 and name != "test":
                 raise ValueError(f"the {name} split is empty: a run needs training and validation images")
             images = self.pipeline.stored(split.images).to(device)
-            placed[name] = (images, split.labels.to(device))
+            labels = permuted_labels(split.labels, self.config.seed) if (
+                name == "train" and self.config.permute_labels) else split.labels
+            placed[name] = (images, labels.to(device))
         return placed
 
     def param_groups(self):

@@ -8,6 +8,7 @@ from explore.data import DataError
 from explore.device import Placement
 from explore.store import RunStore, StoreError
 from pages.common import cached_bundle, run_store
+from pages.saliency_card import report_card_section
 
 st.title("🔥 Saliency: where does the model look?")
 st.caption("Pick a finished run. Val images come from the hospital the model was trained on (site A); test images "
@@ -179,3 +180,6 @@ if st.toggle(f"Run the randomisation test for {attr.METHODS[method].title}", key
     elif result["final"] is not None:
         st.success(f"With every layer randomised the map's rank correlation drops to {result['final']:.2f}: "
                    f"{attr.METHODS[method].title} depends on what the model learned.")
+
+# ----- the report card: faithfulness, stability, randomisation, ground truth (pages/saliency_card.py)
+report_card_section(store, run_id, loaded, DEVICE)
