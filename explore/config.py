@@ -52,7 +52,7 @@ class RunConfig:
     # Transfer learning (pretrained backbones only)
     transfer_mode: str = "none"
     transfer_head: str = "course"
-    pretrained: bool = True  # the backbone's pretrained weights (ImageNet or chest X-ray); False (or weights missing offline) = random init, labelled so
+    pretrained: bool = True  # ImageNet weights; False (or weights missing offline) = random init, labelled so
     backbone_lr_scale: float = 0.1  # backbone lr = lr × this when fine-tuning
     frozen_epochs: int = 2  # two-phase: epochs with the backbone frozen
     # Reproducibility and hardware

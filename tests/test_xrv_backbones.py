@@ -151,3 +151,20 @@ def test_preset_compares_imagenet_and_xray_pretraining_with_the_same_head():
     assert imagenet.differences(xray).keys() == {"model", "name"}
     assert imagenet.transfer_mode == "frozen" and imagenet.pretrained and imagenet.input_norm == "none"
     assert BACKBONES[imagenet.model].pretraining == "ImageNet" and BACKBONES[xray.model].pretraining == "chest X-ray"
+
+
+def test_transfer_page_offers_the_xray_backbones_and_says_where_the_file_goes(runs_dir, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("EXPLORE_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "transfer.py"), default_timeout=60)
+    at.run()
+    titles = {BACKBONES[n].title for n in ("xrv_densenet121", "xrv_resnet50")}
+    assert titles <= set(at.selectbox(key="tl_backbone").options)
+    at.selectbox(key="tl_backbone").set_value("xrv_densenet121").run()
+    assert not at.exception
+    warning = " ".join(w.value for w in at.warning)
+    assert BACKBONES["xrv_densenet121"].filename in warning and str(xrv_cache_dir()) in warning
+    assert all(button.disabled for button in at.button)  # random init only when chosen knowingly
