@@ -143,6 +143,12 @@ def test_frozen_run_uses_the_feature_cache_and_records_the_xrv_weights():
     assert set(run.feature_sources.values()) == {"computed"}
     again = FrozenFeatureRun(config.replace(lr=3e-3), bundle)
     assert set(again.feature_sources.values()) == {"memory"}
+    # a stored run reloads into the same architecture (RunStore.load_model's path): same outputs on raw images
+    reloaded, _ = build_for_run(config, 2, load_pretrained=False)
+    reloaded.load_state_dict(run.model.state_dict())
+    with torch.no_grad():
+        probs = torch.sigmoid(reloaded.eval()(bundle.val.images.float() / 255).squeeze(1))
+    assert torch.allclose(probs, run.predictions()["val"]["probs"], atol=1e-5)
 
 
 def test_preset_compares_imagenet_and_xray_pretraining_with_the_same_head():
