@@ -56,7 +56,7 @@ from explore.data import DataBundle, DataSpec
 from explore.device import Placement
 from explore.models import MODELS
 from explore.train import EVAL_BATCH_SIZE, TrainingRun, _uses_channels_last
-from explore.xrv_backbones import XRV_BACKBONES
+from explore.xrv_backbones import XRV_BACKBONES, XrvBackbone
 
 MODES = ("frozen", "finetune", "two-phase", "partial")
 MODE_TITLES = {
@@ -117,7 +117,7 @@ class Backbone:
         return _load_imagenet_backbone(self)
 
 
-BACKBONES: dict[str, Backbone] = {b.name: b for b in [
+BACKBONES: dict[str, "Backbone | XrvBackbone"] = {b.name: b for b in [
     Backbone("googlenet", "GoogLeNet", tvm.googlenet, tvm.GoogLeNet_Weights.IMAGENET1K_V1, "fc", ("inception5b",)),
     # DenseNet's final BatchNorm (norm5) comes after the last dense block, so it trains with it.
     Backbone("densenet121", "DenseNet-121", tvm.densenet121, tvm.DenseNet121_Weights.IMAGENET1K_V1, "classifier",
@@ -223,7 +223,10 @@ def _modern_densenet_keys(state: dict) -> dict:
 
 # ----- the model --------------------------------------------------------------------------
 class TransferNet(nn.Module):
-    """Grey X-ray (N×1×H×W, 0..1) → 3 channels, ImageNet-normalised → backbone → features → head.
+    """Grey X-ray (N×1×H×W, 0..1) → the backbone's input convention → backbone → features → head.
+
+    The convention comes from the backbone's entry: ImageNet nets get 3 channels, ImageNet-normalised;
+    the chest X-ray nets (torchxrayvision) one channel scaled to [-1024, 1024], resized to their resolution.
 
     The backbone is torchvision's network with its ImageNet classifier replaced by Identity, so
     `features(x)` is what the course's new `model.fc` received; `head` is that new classifier.
@@ -241,8 +244,8 @@ class TransferNet(nn.Module):
         self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.input_size = input_size  # resize to this (the weights' training resolution); None: any size
-        self.weights_name = RANDOM  # set by build_transfer_model: the ImageNet weights used, or "random"
-        self.weights_message = ""  # why a run asked for ImageNet weights but got random ones
+        self.weights_name = RANDOM  # set by build_transfer_model: the pretrained weights used, or "random"
+        self.weights_message = ""  # why a run asked for pretrained weights but got random ones
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         channels = self.input_mean.shape[1]
