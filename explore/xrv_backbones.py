@@ -20,6 +20,8 @@ initialisation and is labelled '(random init)', exactly as for ImageNet weights.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -128,8 +130,16 @@ def xrv_state_dict(path: Path) -> dict[str, torch.Tensor]:
     The ResNet-50 file is a state dict. The DenseNet files are whole pickled models; they are
     unpickled by torch's weights-only unpickler with an allowlist of exactly the layer classes
     such a model consists of, so a file that names any other class or function is refused."""
-    with torch.serialization.safe_globals(_pickled_module_classes()):
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals(_pickled_module_classes()):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's message starts with generic advice: keep the reason
+        reason = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")
+        refused = re.search(r"GLOBAL (\S+)", reason)
+        needed = refused.group(1) if refused else "an object weights_only cannot read"
+        hint = ("; `pip install torchxrayvision` so its model classes can be allowed"
+                if needed.startswith("torchxrayvision") else "")
+        raise ValueError(f"the file needs {needed}, which is not an allowed layer class{hint}") from error
     if isinstance(loaded, nn.Module):
         for module in loaded.modules():  # modules pickled by old PyTorch lack this (as torchxrayvision patches)
             if not hasattr(module, "_non_persistent_buffers_set"):

@@ -1,6 +1,7 @@
 """Chest-X-ray-pretrained backbones (torchxrayvision): the same layout and input convention as the
 package's own models, weights loaded from where the package keeps them (weights_only), the honest
 random-init path offline, a frozen run with the feature cache, and the ImageNet-vs-X-ray preset."""
+import json
 import warnings
 
 import pytest
@@ -127,8 +128,16 @@ def test_a_file_holding_other_classes_is_refused_not_unpickled():
     path = weights_path("xrv_densenet121")
     path.parent.mkdir(parents=True)
     torch.save(nn.Sequential(nn.GELU()), path)  # a class outside the allowlist
-    with pytest.raises(WeightsUnavailable, match="cannot be loaded safely"):
+    with pytest.raises(WeightsUnavailable, match="cannot be loaded safely.*torch.nn.modules.activation.GELU"):
         build_transfer_model("xrv_densenet121", 1, pretrained=True)
+
+
+def test_fetch_weights_cli_reports_the_xray_file(capsys):
+    assert transfer.cli_main(["xrv_densenet121"]) == 1  # offline, not there
+    assert xrv_cache_dir().name in capsys.readouterr().out
+    put_fake_xrv_densenet()
+    assert transfer.cli_main(["xrv_densenet121", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["weights"] == "torchxrayvision:densenet121-res224-all"
 
 
 def test_frozen_run_uses_the_feature_cache_and_records_the_xrv_weights():
