@@ -183,3 +183,17 @@ def test_transfer_page_offers_the_xray_backbones_and_says_where_the_file_goes(ru
     warning = " ".join(w.value for w in at.warning)
     assert BACKBONES["xrv_densenet121"].filename in warning and str(xrv_cache_dir()) in warning
     assert all(button.disabled for button in at.button)  # random init only when chosen knowingly
+
+
+def test_saliency_maps_come_back_at_the_datas_size_through_the_resize():
+    """The 224 px resize happens inside the model: attribution still maps onto the app's own pixels."""
+    from explore import attribution
+    from explore.train import InputPipeline
+
+    images = (torch.rand(2, 1, 64, 64) * 255).to(torch.uint8)
+    config = transfer_config("xrv_densenet121", "frozen", image_size=64, pretrained=False)
+    explainer = attribution.make_explainer(build_transfer_model("xrv_densenet121", 1, pretrained=False),
+                                           InputPipeline(config, images), 64)
+    for method in ("saliency", "gradcam"):
+        maps = attribution.attribute(explainer, images, method).maps
+        assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all()
