@@ -197,3 +197,30 @@ def test_saliency_maps_come_back_at_the_datas_size_through_the_resize():
     for method in ("saliency", "gradcam"):
         maps = attribution.attribute(explainer, images, method).maps
         assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all()
+
+
+def test_the_preset_on_the_train_page_queues_both_and_names_missing_weights_random(runs_dir, monkeypatch):
+    """Offline, with neither weights file: the Train page queues both runs as one group, each named
+    '(random init)', and says which files are missing (nothing trains here: no workers)."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from explore.jobs import JobManager
+    from explore.store import RunStore
+
+    monkeypatch.setenv("EXPLORE_RUNS_DIR", str(runs_dir))
+    manager = JobManager(max_concurrent=0, executor="thread")
+    monkeypatch.setattr("pages.common.job_manager", lambda: manager)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "train.py"), default_timeout=60)
+    at.run()
+    at.selectbox(key="preset").set_value("imagenet_vs_xray_frozen").run()
+    at.button(key="train_preset").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    configs = [r.config for r in RunStore(runs_dir).list()]
+    assert sorted(c.model for c in configs) == ["densenet121", "xrv_densenet121"]
+    assert all(c.name.endswith("(random init)") and not c.pretrained for c in configs)
+    assert {c.group for c in configs} == {"imagenet_vs_xray_frozen"}
+    warnings_shown = " ".join(w.value for w in at.warning)
+    assert BACKBONES["xrv_densenet121"].filename in warnings_shown and "densenet121-" in warnings_shown
+    manager.close()
