@@ -22,6 +22,11 @@ torch hub cache (torch.hub.get_dir()/checkpoints/<file named in the weights' url
 loaded with weights_only=True. With no file and no network a run trains from random
 initialisation and is labelled "random" (never shown as pretrained); `python -m explore
 fetch-weights` on a connected machine fills the cache.
+
+Pretrained on chest X-rays instead: `xrv_densenet121` and `xrv_resnet50` (torchxrayvision's networks,
+see explore/xrv_backbones.py) are entries of the same registry, with the same four modes and the same
+feature cache. Each entry carries its input convention (channels, mean/std, resolution), so
+TransferNet feeds them one channel scaled to [-1024, 1024] at 224 / 512 px instead.
 """
 from __future__ import annotations
 
@@ -51,6 +56,7 @@ from explore.data import DataBundle, DataSpec
 from explore.device import Placement
 from explore.models import MODELS
 from explore.train import EVAL_BATCH_SIZE, TrainingRun, _uses_channels_last
+from explore.xrv_backbones import XRV_BACKBONES, XrvBackbone
 
 MODES = ("frozen", "finetune", "two-phase", "partial")
 MODE_TITLES = {
@@ -81,8 +87,37 @@ class Backbone:
     def filename(self) -> str:
         return os.path.basename(urlparse(self.weights.url).path)  # e.g. "resnet18-f37072fd.pth"
 
+    # What every backbone entry answers (explore/xrv_backbones.py has the chest X-ray ones).
+    pretraining = "ImageNet"
+    input_size = None  # ImageNet nets take any size: no resizing inside the model
 
-BACKBONES: dict[str, Backbone] = {b.name: b for b in [
+    @property
+    def url(self) -> str:
+        return self.weights.url
+
+    @property
+    def input_mean(self) -> tuple[float, ...]:
+        return tuple(self.weights.transforms().mean)  # the weights' own constants (no download needed)
+
+    @property
+    def input_std(self) -> tuple[float, ...]:
+        return tuple(self.weights.transforms().std)
+
+    def weights_path(self) -> Path:
+        """Where torchvision looks for (and downloads) the weights file: <hub dir>/checkpoints/<file>."""
+        return Path(torch.hub.get_dir()) / "checkpoints" / self.filename
+
+    def fetch_hint(self) -> str:
+        return f"(or set TORCH_HOME to a folder holding hub/checkpoints/{self.filename})"
+
+    def architecture(self, with_aux: bool = False) -> nn.Module:
+        return _architecture(self, with_aux)
+
+    def load_pretrained(self) -> nn.Module:
+        return _load_imagenet_backbone(self)
+
+
+BACKBONES: dict[str, "Backbone | XrvBackbone"] = {b.name: b for b in [
     Backbone("googlenet", "GoogLeNet", tvm.googlenet, tvm.GoogLeNet_Weights.IMAGENET1K_V1, "fc", ("inception5b",)),
     # DenseNet's final BatchNorm (norm5) comes after the last dense block, so it trains with it.
     Backbone("densenet121", "DenseNet-121", tvm.densenet121, tvm.DenseNet121_Weights.IMAGENET1K_V1, "classifier",
@@ -93,6 +128,7 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in [
     # Its last block is the last inverted residual (features.11) plus the 1×1 conv that widens to 576.
     Backbone("mobilenet_v3_small", "MobileNetV3-Small", tvm.mobilenet_v3_small,
              tvm.MobileNet_V3_Small_Weights.IMAGENET1K_V1, "classifier", ("features.11", "features.12")),
+    *XRV_BACKBONES,  # pretrained on chest X-rays (torchxrayvision): same modes, same feature cache
 ]}
 
 
@@ -108,8 +144,8 @@ class WeightsUnavailable(Exception):
 
 
 def weights_path(name: str) -> Path:
-    """Where torchvision looks for (and downloads) the weights file: <hub dir>/checkpoints/<file>."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / backbone_spec(name).filename
+    """Where the weights file is expected: the torch hub cache (ImageNet) or torchxrayvision's folder."""
+    return backbone_spec(name).weights_path()
 
 
 _REACHABLE: dict[str, tuple[float, bool]] = {}  # host → (checked at, reachable): one probe a minute at most
@@ -136,20 +172,20 @@ def download_allowed(name: str) -> bool:
     """Downloads are off with EXPLORE_OFFLINE=1, and pointless when the server cannot be reached."""
     if os.environ.get("EXPLORE_OFFLINE", "") not in ("", "0"):
         return False
-    return network_reachable(backbone_spec(name).weights.url)
+    return network_reachable(backbone_spec(name).url)
 
 
 def weights_status(name: str, check_network: bool = False) -> dict:
-    """What a page or the CLI shows BEFORE training: are the ImageNet weights here, and if not, why not."""
+    """What a page or the CLI shows BEFORE training: are the pretrained weights here, and if not, why not."""
     spec, path = backbone_spec(name), weights_path(name)
     status = {"backbone": name, "weights": spec.weights_name, "available": path.is_file(), "path": str(path),
-              "filename": spec.filename, "url": spec.weights.url, "downloadable": False}
+              "filename": spec.filename, "url": spec.url, "pretraining": spec.pretraining, "downloadable": False}
     if status["available"]:
-        status["message"] = f"ImageNet weights {spec.weights_name} found: {path}"
+        status["message"] = f"{spec.pretraining} weights {spec.weights_name} found: {path}"
     elif check_network and download_allowed(name):
         status["downloadable"] = True
-        status["message"] = (f"ImageNet weights for {spec.title} are not cached yet; they will be downloaded "
-                             f"from {spec.weights.url} to {path} when the first run starts.")
+        status["message"] = (f"{spec.pretraining} weights for {spec.title} are not cached yet; they will be "
+                             f"downloaded from {spec.url} to {path} when the first run starts.")
     else:
         status["message"] = offline_message(name)
     return status
@@ -157,10 +193,10 @@ def weights_status(name: str, check_network: bool = False) -> dict:
 
 def offline_message(name: str) -> str:
     spec, path = backbone_spec(name), weights_path(name)
-    return (f"The ImageNet weights for {spec.title} are not on this machine, and this machine cannot download "
-            f"them (no network). Expected file: {spec.filename} in {path.parent} (full path: {path}). "
+    return (f"The {spec.pretraining} weights for {spec.title} are not on this machine, and this machine cannot "
+            f"download them (no network). Expected file: {spec.filename} in {path.parent} (full path: {path}). "
             f"On a computer with internet, run `python -m explore fetch-weights {name}` and copy the file to "
-            f"that folder (or set TORCH_HOME to a folder holding hub/checkpoints/{spec.filename}). Without it, "
+            f"that folder {spec.fetch_hint()}. Without it, "
             f"a run starts from random weights and is labelled '{RANDOM}': that is training from scratch, "
             f"not transfer learning.")
 
@@ -187,27 +223,37 @@ def _modern_densenet_keys(state: dict) -> dict:
 
 # ----- the model --------------------------------------------------------------------------
 class TransferNet(nn.Module):
-    """Grey X-ray (N×1×H×W, 0..1) → 3 channels, ImageNet-normalised → backbone → features → head.
+    """Grey X-ray (N×1×H×W, 0..1) → the backbone's input convention → backbone → features → head.
+
+    The convention comes from the backbone's entry: ImageNet nets get 3 channels, ImageNet-normalised;
+    the chest X-ray nets (torchxrayvision) one channel scaled to [-1024, 1024], resized to their resolution.
 
     The backbone is torchvision's network with its ImageNet classifier replaced by Identity, so
     `features(x)` is what the course's new `model.fc` received; `head` is that new classifier.
     Keeping them apart lets a frozen run compute the features once and train only the head.
     """
 
-    def __init__(self, backbone_name: str, backbone: nn.Module, head: nn.Module, mean, std):
+    def __init__(self, backbone_name: str, backbone: nn.Module, head: nn.Module, mean, std,
+                 input_size: int | None = None):
         super().__init__()
         self.backbone_name = backbone_name
         self.backbone = backbone
         self.head = head
         # Buffers, so weights.pt carries them and a reloaded model normalises exactly the same way.
-        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.weights_name = RANDOM  # set by build_transfer_model: the ImageNet weights used, or "random"
-        self.weights_message = ""  # why a run asked for ImageNet weights but got random ones
+        # One value per channel the backbone takes: 3 for ImageNet nets, 1 for the chest X-ray ones.
+        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.input_size = input_size  # resize to this (the weights' training resolution); None: any size
+        self.weights_name = RANDOM  # set by build_transfer_model: the pretrained weights used, or "random"
+        self.weights_message = ""  # why a run asked for pretrained weights but got random ones
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
+        channels = self.input_mean.shape[1]
+        if x.shape[1] == 1 and channels == 3:
             x = x.expand(-1, 3, -1, -1)  # ImageNet nets expect RGB: the grey image in all three channels
+        if self.input_size and x.shape[-1] != self.input_size:  # as torchxrayvision's models do (bilinear)
+            x = nn.functional.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                                          align_corners=False)
         x = (x - self.input_mean) / self.input_std
         out = self.backbone(x)
         return out[0] if isinstance(out, tuple) else out  # GoogLeNet returns a tuple while aux heads exist
@@ -257,13 +303,13 @@ def _cut_classifier(net: nn.Module, spec: Backbone) -> int:
 
 def build_transfer_model(backbone: str, num_outputs: int, head: str = "course", pretrained: bool = True,
                          **_) -> TransferNet:
-    """A backbone with a new head. pretrained=True loads ImageNet weights or raises WeightsUnavailable;
+    """A backbone with a new head. pretrained=True loads its pretrained weights or raises WeightsUnavailable;
     pretrained=False never touches the weights file (random init, `model.weights_name == "random"`)."""
     spec = backbone_spec(backbone)
-    net = _load_imagenet_backbone(spec) if pretrained else _architecture(spec)
+    net = spec.load_pretrained() if pretrained else spec.architecture()
     in_features = _cut_classifier(net, spec)
-    transforms = spec.weights.transforms()  # the weights' own preprocessing constants (no download needed)
-    model = TransferNet(backbone, net, make_head(head, in_features, num_outputs), transforms.mean, transforms.std)
+    model = TransferNet(backbone, net, make_head(head, in_features, num_outputs), spec.input_mean, spec.input_std,
+                        input_size=spec.input_size)
     model.weights_name = spec.weights_name if pretrained else RANDOM
     return model
 
@@ -702,8 +748,9 @@ def benchmark_frozen_cache(backbone: str = "mobilenet_v3_small", image_size: int
 # ----- python -m explore fetch-weights ----------------------------------------------------
 def cli_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m explore fetch-weights",
-                                     description="Download ImageNet weights into the torch hub cache "
-                                                 f"({Path(torch.hub.get_dir()) / 'checkpoints'}).")
+                                     description="Download pretrained weights: ImageNet ones into the torch hub "
+                                                 f"cache ({Path(torch.hub.get_dir()) / 'checkpoints'}), chest "
+                                                 "X-ray ones (xrv_*) into torchxrayvision's folder.")
     parser.add_argument("names", nargs="*", help=f"backbones (default: all of {', '.join(BACKBONES)})")
     parser.add_argument("--check", action="store_true", help="only report what is cached; download nothing")
     parser.add_argument("--json", action="store_true")
@@ -723,7 +770,7 @@ def _fetch_one(name: str, download: bool) -> dict:
     if status["available"] or not download:
         return status
     try:
-        imagenet_state_dict(name)
+        backbone_spec(name).load_pretrained()
     except WeightsUnavailable as error:
         return status | {"message": str(error)}
     return weights_status(name) | {"message": f"downloaded to {weights_path(name)}"}
