@@ -121,6 +121,15 @@ class Preset:
                 "quick": [c.to_dict() for c in self.configs(quick=True)]}
 
 
+
+def at_image_size(config: RunConfig, size: int) -> RunConfig:
+    """The run at another image size (the Data page's), its name saying the size it really trains at."""
+    if size == config.data.image_size:
+        return config
+    said = f"{config.data.image_size} px"
+    name = config.name.replace(said, f"{size} px") if said in config.name else f"{config.name} ({size} px)"
+    return config.replace(name=name, data_image_size=size)
+
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset(
         "hw2_bce_vs_ce", "HW2 · BCE vs CE",

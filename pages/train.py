@@ -13,7 +13,7 @@ import torch
 from explore import report
 from explore.config import PRECISIONS, RunConfig
 from explore.models import MODELS
-from explore.presets import PRESETS
+from explore.presets import PRESETS, at_image_size
 from explore.settings import NotAllowed, gate_request
 from explore.share import decode_config, encode_config, export_run_bundle, import_run_bundle
 from explore.store import RunStore, StoreError
@@ -60,8 +60,9 @@ def preset_configs() -> list[RunConfig] | None:
         own_size = st.checkbox(f"Use the Data page's image size ({spec.image_size} px) instead of the preset's "
                                f"({configs[0].data.image_size} px)", key="preset_own_size")
         try:
-            configs = [c.replace(data=spec if own_size else replace(spec, image_size=c.data.image_size))
-                       for c in configs]
+            configs = [c.replace(data=replace(spec, image_size=c.data.image_size)) for c in configs]
+            if own_size:
+                configs = [at_image_size(c, spec.image_size) for c in configs]
         except ValueError as error:
             st.error(f"This preset cannot run on the chosen dataset: {error}")
             return None

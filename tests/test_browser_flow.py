@@ -102,7 +102,8 @@ def test_quick_preset_trains_live_to_final_metrics(app_server, browser_page):  #
     # The final results render after the status line says "trained": wait for them, don't sample once.
     page.get_by_text("val accuracy").first.wait_for(timeout=60_000)
     page.get_by_text("test AUC").first.wait_for(timeout=60_000)
-    assert page.get_by_text("ROC curve").count() + page.locator("[data-testid='stVegaLiteChart']").count() >= 5
+    wait_until(page, lambda: page.get_by_text("ROC curve").count()
+               + page.locator("[data-testid='stVegaLiteChart']").count() >= 5, 60, "the final charts")
     record = RunStore(app_server.runs_dir).load(run_id)
     assert record.state == "finished" and [m["epoch"] for m in record.metrics] == list(range(1, 9))
     page.wait_for_timeout(1000)

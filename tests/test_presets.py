@@ -91,3 +91,14 @@ def test_lecture_presets_compare_schedules_and_batch_norm():
     # exponential decay over the quick run reaches the same final rate factor as over the full run
     full_exp, quick_exp = schedules[2], PRESETS["lecture_lr_schedules"].configs(quick=True)[2]
     assert abs(full_exp.gamma ** full_exp.epochs - quick_exp.gamma ** quick_exp.epochs) < 0.01
+
+
+def test_a_preset_run_at_the_data_pages_size_says_that_size():
+    from explore.presets import at_image_size
+
+    quick = PRESETS["hw3_baseline"].configs(quick=True)[0]
+    assert "128 px" in quick.name
+    small = at_image_size(quick, 64)
+    assert small.data.image_size == 64 and "64 px" in small.name and "128 px" not in small.name
+    full = PRESETS["hw3_baseline"].configs()[0]
+    assert at_image_size(full, 64).name == f"{full.name} (64 px)" and at_image_size(full, 256) == full
