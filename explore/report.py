@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from explore.browse import outcomes, select
 from explore.metrics import positive_score, roc_curve
 
 SPLIT_ORDER = ("train", "train_dev", "val", "test")
@@ -181,8 +182,6 @@ def per_class_table(summary: dict | None, classes: list[str] | None = None) -> p
 def cell_examples(predictions: dict[str, torch.Tensor], cell: tuple[int, int], limit: int = 8) -> list[int]:
     """Indices of the images in one confusion-matrix cell (true, predicted), most confident mistakes first
     (the Saliency page's selection, for the Train page's matrix)."""
-    from explore.attribution import outcomes, select
-
     outcome = outcomes(predictions["probs"], predictions["labels"])
     how = "top_losses" if cell[0] != cell[1] else "cell"
     if how == "top_losses":  # wrong cells: keep only this cell's mistakes, ordered by loss
