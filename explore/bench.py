@@ -233,7 +233,7 @@ def fast_training(model_name: str, bundle: DataBundle, spec: DataSpec, epochs: i
                   seed: int = 0) -> dict:
     """The app's own loop (`make_run(...).fit()`), with the same model, data, batch size, optimiser and
     input scaling as the course (input_norm "none": pixels 0..1 like ToTensor), so accuracies compare."""
-    from explore.train import make_run
+    from explore.runs import make_run
 
     config = RunConfig(data=spec, model=model_name, loss="bce", optimizer="adam", lr=1e-3, batch_size=32,
                        epochs=epochs, eval_test=False, input_norm="none", device=device, seed=seed)
@@ -346,7 +346,7 @@ def bench_precision(settings: Settings) -> dict:
     Each run trains two epochs and keeps the second: the first carries one-time kernel set-up.
     """
     from explore.device import Placement
-    from explore.train import make_run
+    from explore.runs import make_run
 
     size = settings.image_sizes[0]
     spec = DataSpec(image_size=size, synthetic=settings.knobs)
@@ -409,7 +409,7 @@ def bench_live(settings: Settings) -> dict:
 
     from explore.jobs import JobManager
     from explore.store import RunStore
-    from explore.train import make_run
+    from explore.runs import make_run
 
     size = 64 if settings.quick else 128
     spec = DataSpec(image_size=size, synthetic=settings.knobs)

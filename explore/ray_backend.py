@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from explore.config import RunConfig
+from explore.execute import execute_run, record_worker_death
 from explore.settings import AppSettings, load_settings
 from explore.store import RunRecord, RunStore, StoreError
 
@@ -178,7 +179,6 @@ def train_task(config_json: str, run_id: str, stop_flag, data_payload: dict | No
                cpu_threads: int) -> Iterator[dict]:
     """The Ray task (a streaming generator): train one run and yield its store writes as records."""
     from explore.device import reuse_freed_memory
-    from explore.jobs import execute_run
 
     reuse_freed_memory()  # the training-speed malloc settings belong where the training happens
     # Ray sets OMP_NUM_THREADS to the task's CPUs; the trainer's own thread rule reads EXPLORE_THREADS.
@@ -371,7 +371,6 @@ def lost_message(where: dict, error: Exception, ray) -> str:
 
 def fail_run(store: RunStore, run_id: str, message: str, details: dict) -> dict:
     """End a run as failed in the server's store; returns the 'end' record for the caller."""
-    from explore.jobs import record_worker_death
 
     record_worker_death(store, run_id, message, details)
     return {"kind": "end", "status": "failed", "message": message, "run_id": run_id,

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from explore import ray_backend  # imports ray only when EXPLORE_RAY_ADDRESS is set
 from explore.config import (AUGMENTATIONS, INPUT_NORMS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TRANSFER_HEADS,
                             TRANSFER_MODES, RunConfig)
 from explore.data import DataError, DataSpec
@@ -225,10 +226,8 @@ def trainer():
     settings = load_settings()
     if not settings.ray_address:
         return execute_run
-    from explore.ray_backend import connect, execute_remote
-
-    connect(settings.ray_address)
-    return lambda store, run_id: execute_remote(store, run_id, settings=settings)
+    ray_backend.connect(settings.ray_address)
+    return lambda store, run_id: ray_backend.execute_remote(store, run_id, settings=settings)
 
 
 def final_line(store: RunStore, run_id: str, end: dict) -> dict:

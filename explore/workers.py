@@ -48,7 +48,7 @@ def worker_main(device: str | None) -> None:
     reuse_freed_memory()
     import torch
 
-    from explore.jobs import execute_run
+    from explore.execute import execute_run
     from explore.store import RunStore
 
     if device and device.startswith("cuda"):
