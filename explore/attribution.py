@@ -45,9 +45,10 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Noi
 from torch import nn
 
 from explore.config import RunConfig
-from explore.data import DataBundle, Split, load_bundle
+from explore.data import DataBundle, DataError, Split, load_bundle
 from explore.browse import BROWSE_MODES, CELL_MEANING, CELLS_BINARY, cell_name, outcomes, select  # noqa: F401 (re-exported)
 from explore.metrics import positive_score
+from explore.models import build_model
 from explore.report import outline_mask
 from explore.store import RunRecord, RunStore, StoreError
 from explore.train import InputPipeline, probabilities
@@ -746,9 +747,6 @@ def benchmark_attribution(model_name: str = "hw3_cnn", image_size: int = 128, n_
     Speed comes from batching: IG runs many path steps per forward pass (internal_batch_size),
     occlusion many patches per pass (perturbations_per_eval).
     """
-    from explore.config import RunConfig
-    from explore.models import build_model
-
     torch.manual_seed(0)
     if model is not None:
         model_name = type(model).__name__
@@ -807,8 +805,6 @@ def _indices_for(loaded: LoadedRun, split: str, which: str, n: int) -> list[int]
 
 def cli_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from explore.data import DataError
-
     try:
         loaded = load_run_dir(args.run)
         if args.split not in loaded.predictions and args.split == "test" and len(loaded.split("test")) == 0:

@@ -32,7 +32,6 @@ from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from torchvision import models as tvm
 
 if TYPE_CHECKING:  # annotations only: explore.config validates model names against explore.models, which builds these
     from explore.config import RunConfig
@@ -49,18 +48,31 @@ RANDOM = "random"  # the weights name of a randomly initialised backbone
 RANDOM_SUFFIX = " (random init)"
 
 
+def _torchvision_models():
+    """torchvision.models, imported on first use: importing it takes seconds, and a server, a worker
+    process or the CLI training a course model never needs it (the table below is names only)."""
+    from torchvision import models
+
+    return models
+
+
 @dataclass(frozen=True)
 class Backbone:
     name: str
     title: str
-    builder: object  # torchvision's model function, e.g. torchvision.models.resnet18
-    weights: tvm.WeightsEnum  # the ImageNet weights
+    builder_name: str  # torchvision's model function, e.g. "resnet18" (torchvision.models.resnet18)
+    weights_name: str  # the ImageNet weights, e.g. "ResNet18_Weights.IMAGENET1K_V1"
     head_attribute: str  # where torchvision keeps the ImageNet classifier (the course's model.fc / .classifier)
     last_block: tuple[str, ...]  # the modules that also train in "partial" mode
 
     @property
-    def weights_name(self) -> str:
-        return f"{type(self.weights).__name__}.{self.weights.name}"  # e.g. "ResNet18_Weights.IMAGENET1K_V1"
+    def builder(self):
+        return getattr(_torchvision_models(), self.builder_name)
+
+    @property
+    def weights(self):  # torchvision's WeightsEnum member: url, transforms(), get_state_dict()
+        enum_name, member = self.weights_name.split(".")
+        return getattr(getattr(_torchvision_models(), enum_name), member)
 
     @property
     def filename(self) -> str:
@@ -68,16 +80,16 @@ class Backbone:
 
 
 BACKBONES: dict[str, Backbone] = {b.name: b for b in [
-    Backbone("googlenet", "GoogLeNet", tvm.googlenet, tvm.GoogLeNet_Weights.IMAGENET1K_V1, "fc", ("inception5b",)),
+    Backbone("googlenet", "GoogLeNet", "googlenet", "GoogLeNet_Weights.IMAGENET1K_V1", "fc", ("inception5b",)),
     # DenseNet's final BatchNorm (norm5) comes after the last dense block, so it trains with it.
-    Backbone("densenet121", "DenseNet-121", tvm.densenet121, tvm.DenseNet121_Weights.IMAGENET1K_V1, "classifier",
+    Backbone("densenet121", "DenseNet-121", "densenet121", "DenseNet121_Weights.IMAGENET1K_V1", "classifier",
              ("features.denseblock4", "features.norm5")),
-    Backbone("resnet18", "ResNet-18", tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, "fc", ("layer4",)),
+    Backbone("resnet18", "ResNet-18", "resnet18", "ResNet18_Weights.IMAGENET1K_V1", "fc", ("layer4",)),
     # MobileNetV3's whole `classifier` (Linear 576→1024, Hardswish, Dropout, Linear 1024→1000) is replaced,
     # like ResNet's fc: its first Linear is ImageNet-specific too. The head sees the 576 pooled channels.
     # Its last block is the last inverted residual (features.11) plus the 1×1 conv that widens to 576.
-    Backbone("mobilenet_v3_small", "MobileNetV3-Small", tvm.mobilenet_v3_small,
-             tvm.MobileNet_V3_Small_Weights.IMAGENET1K_V1, "classifier", ("features.11", "features.12")),
+    Backbone("mobilenet_v3_small", "MobileNetV3-Small", "mobilenet_v3_small",
+             "MobileNet_V3_Small_Weights.IMAGENET1K_V1", "classifier", ("features.11", "features.12")),
 ]}
 
 

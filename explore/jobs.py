@@ -30,6 +30,7 @@ import torch
 
 from explore import ray_backend  # imports ray only when a Ray executor is used
 from explore.config import RunConfig
+from explore.device import reuse_freed_memory
 from explore.fairqueue import FairQueue
 from explore.execute import STATUS_WRITE_INTERVAL_S, execute_run, record_worker_death  # noqa: F401 (re-exported)
 from explore.settings import AppSettings, gate_request, load_settings
@@ -113,8 +114,6 @@ class JobManager:
             ray_backend.connect(ray_address)  # a clear ClusterError when ray is missing or the cluster unreachable
         self.max_concurrent = default_worker_count(self.executor) if max_concurrent is None else max_concurrent
         if self.executor == "thread":
-            from explore.device import reuse_freed_memory
-
             reuse_freed_memory()  # training shares this process: tune malloc before the worker threads start
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)

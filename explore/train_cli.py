@@ -16,6 +16,7 @@ from explore.models import MODELS
 from explore.presets import PRESETS
 from explore.settings import load_settings
 from explore.store import RunStore, StoreError
+from explore.transfer import honest_configs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,9 +174,7 @@ def apply_args(config: RunConfig, args) -> RunConfig:
 def honest_weights(configs: list[RunConfig]) -> list[RunConfig]:
     """Transfer runs whose ImageNet weights cannot be had are named '(random init)', and the user is told why."""
     if not any(MODELS[c.model].family == "transfer" for c in configs):
-        return configs  # no torchvision import for the course models
-    from explore.transfer import honest_configs
-
+        return configs  # nothing to check (and no ImageNet weights to look up) for the course models
     configs, messages = honest_configs(configs)
     for message in messages:
         print(f"note: {message}", file=sys.stderr)

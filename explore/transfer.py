@@ -46,6 +46,7 @@ from explore.backbones import (  # noqa: F401 (re-exported: callers and tests im
 )
 from explore.config import RunConfig
 from explore.data import DataBundle, DataSpec
+from explore.data.synthetic import generate_synthetic
 from explore.device import Placement
 from explore.models import MODELS
 from explore.store import save_tensors
@@ -382,8 +383,6 @@ def benchmark_frozen_cache(backbone: str = "mobilenet_v3_small", image_size: int
     """Frozen backbone, same head and data: cached features vs recomputing the backbone every epoch
     (what the course's loop does). Random backbone weights: the timing does not depend on their values."""
     if bundle is None:
-        from explore.data.synthetic import generate_synthetic
-
         bundle = generate_synthetic(image_size=image_size, seed=0, n_train=n_train, n_val=n_val, n_test=n_test)
     config = transfer_config(backbone, "frozen", data=DataSpec(image_size=bundle.image_size), epochs=epochs,
                              image_size=bundle.image_size, pretrained=False, batch_size=batch_size, device=device)

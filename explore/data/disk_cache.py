@@ -46,7 +46,7 @@ def generator_fingerprint() -> str:
 
 
 def cache_file(spec, cache_dir: str | None = None) -> Path:
-    from .folder import default_cache_dir
+    from .folder import default_cache_dir  # the folder loader (and PIL) load only when a cache is used
 
     key = f"{spec.key()}|{CACHE_VERSION}|{generator_fingerprint()}"
     name = hashlib.sha256(key.encode()).hexdigest()[:24]
