@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from explore.backbones import build_for_run
 from explore.config import RunConfig
 from explore.files import write_atomic  # noqa: F401 (re-exported: explore.store.write_atomic)
 from explore.models import MODELS, build_model
+from explore.transfer_setup import build_for_run
 
 FINAL_STATUSES = ("finished", "diverged", "stopped", "failed")
 ACTIVE_STATUSES = ("queued", "running")

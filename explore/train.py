@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explore import augment as augmentations
-from explore import backbones
+from explore import transfer_setup
 from explore.config import RunConfig
 from explore.data import DataBundle, load_bundle
 from explore.device import Placement, reuse_freed_memory, set_cpu_threads, tune_cuda
@@ -189,7 +189,7 @@ class TrainingRun:
     def _build_model(self) -> nn.Module:
         config, bundle = self.config, self.bundle
         if MODELS[config.model].family == "transfer":
-            model, self.weights_name = backbones.build_for_run(config, bundle.num_classes)
+            model, self.weights_name = transfer_setup.build_for_run(config, bundle.num_classes)
         else:
             model = build_model(config.model, bundle.image_size, config.num_outputs, **config.options())
         model = model.to(self.placement.device)
@@ -233,7 +233,7 @@ class TrainingRun:
 
     def param_groups(self):
         if MODELS[self.config.model].family == "transfer":
-            return backbones.param_groups(self.model, self.config)
+            return transfer_setup.param_groups(self.model, self.config)
         return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
 
     # ----- the loop --------------------------------------------------------------------
@@ -378,7 +378,7 @@ class TrainingRun:
     def _before_epoch(self, epoch: int):
         """Hook for two-phase transfer learning (unfreeze the backbone after `frozen_epochs`)."""
         if MODELS[self.config.model].family == "transfer":
-            backbones.before_epoch(self.model, self.config, epoch)
+            transfer_setup.before_epoch(self.model, self.config, epoch)
 
     def _epoch_record(self, epoch, loss_sum, correct, n, lr, seconds) -> dict:
         evaluations = {name: self.evaluate(name) for name in self.data if name != "train"}

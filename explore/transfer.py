@@ -40,9 +40,8 @@ import torch
 
 from explore.backbones import (  # noqa: F401 (re-exported: callers and tests import them from here)
     BACKBONES, HEAD_HIDDEN, MODE_TITLES, MODES, RANDOM, RANDOM_SUFFIX, Backbone, TransferNet, WeightsUnavailable,
-    backbone_spec, before_epoch, build_for_run, build_transfer_model, download_allowed, imagenet_state_dict,
-    keep_frozen_parts_in_eval, last_block_parameters, make_head, network_reachable, offline_message, param_groups,
-    set_trainable, weights_path, weights_status,
+    backbone_spec, build_transfer_model, download_allowed, imagenet_state_dict, keep_frozen_parts_in_eval,
+    last_block_parameters, make_head, network_reachable, offline_message, set_trainable, weights_path, weights_status,
 )
 from explore.config import RunConfig
 from explore.data import DataBundle, DataSpec
@@ -51,6 +50,7 @@ from explore.device import Placement
 from explore.models import MODELS
 from explore.store import save_tensors
 from explore.train import EVAL_BATCH_SIZE, TrainingRun, _uses_channels_last
+from explore.transfer_setup import before_epoch, build_for_run, param_groups  # noqa: F401 (re-exported)
 
 
 # ----- frozen runs: features computed once, cached ----------------------------------------
