@@ -1,9 +1,9 @@
-"""Transfer learning: an ImageNet backbone with a new head for chest X-rays (Lab 5 / HW3).
+"""Transfer learning: an ImageNet backbone with a new head for chest X-rays (Lab 5 / HW3), the training half.
 
-Backbones (torchvision): GoogLeNet, DenseNet-121, ResNet-18, MobileNetV3-Small. The ImageNet
-classifier is cut off where torchvision keeps it (`model.fc` for ResNet-18 and GoogLeNet,
-`model.classifier` for DenseNet-121 and MobileNetV3-Small) and a new head takes its place:
-the course's Linear(features→256) → ReLU → Dropout(0.5) → Linear(256→outputs), or one Linear.
+The networks, their ImageNet weights and which parameters train per mode are explore.backbones;
+what a run's config does to them (build for a run, optimizer groups, the epoch hook) is
+explore.transfer_setup. This module holds the frozen-feature run and its cache, the configs,
+tables and benchmark for the page and the CLI, and re-exports the names above for its callers.
 
 Four ways to train (`RunConfig.transfer_mode`), as in the course's Table 1 (HW3):
   frozen     "ConvNet as fixed feature extractor": the backbone never changes, only the head
