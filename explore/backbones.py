@@ -16,20 +16,28 @@ Weights, honestly: ImageNet weights come from torchvision's `weights=` enums and
 torch hub cache (torch.hub.get_dir()/checkpoints/<file named in the weights' url>). They are
 loaded with weights_only=True. With no file and no network a run trains from random
 initialisation and is labelled "random" (never shown as pretrained).
+
+Pretrained on chest X-rays instead: `xrv_densenet121` and `xrv_resnet50` (torchxrayvision's networks,
+see explore/xrv_backbones.py) are entries of the same registry, with the same four modes and the same
+feature cache. Each entry carries its input convention (channels, mean/std, resolution), so
+TransferNet feeds them one channel scaled to [-1024, 1024] at 224 / 512 px instead. What both kinds
+share about weight files (the error, the download check, the offline message) is explore.pretrained_files.
 """
 from __future__ import annotations
 
 import os
 import re
-import socket
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
+
+from explore.pretrained_files import (  # noqa: F401 (re-exported)
+    RANDOM, WeightsUnavailable, network_reachable, spec_download_allowed, spec_offline_message, torchvision_models,
+)
+from explore.xrv_backbones import XRV_BACKBONES, XrvBackbone
 
 MODES = ("frozen", "finetune", "two-phase", "partial")
 MODE_TITLES = {
@@ -39,16 +47,7 @@ MODE_TITLES = {
     "partial": "Partial: last block + head",
 }
 HEAD_HIDDEN = 256  # the course's head: Linear(features→256) → ReLU → Dropout(0.5) → Linear(256→out)
-RANDOM = "random"  # the weights name of a randomly initialised backbone
 RANDOM_SUFFIX = " (random init)"
-
-
-def _torchvision_models():
-    """torchvision.models, imported on first use: importing it takes seconds, and a server, a worker
-    process or the CLI training a course model never needs it (the table below is names only)."""
-    from torchvision import models
-
-    return models
 
 
 @dataclass(frozen=True)
@@ -62,19 +61,48 @@ class Backbone:
 
     @property
     def builder(self):
-        return getattr(_torchvision_models(), self.builder_name)
+        return getattr(torchvision_models(), self.builder_name)
 
     @property
     def weights(self):  # torchvision's WeightsEnum member: url, transforms(), get_state_dict()
         enum_name, member = self.weights_name.split(".")
-        return getattr(getattr(_torchvision_models(), enum_name), member)
+        return getattr(getattr(torchvision_models(), enum_name), member)
 
     @property
     def filename(self) -> str:
         return os.path.basename(urlparse(self.weights.url).path)  # e.g. "resnet18-f37072fd.pth"
 
+    # What every backbone entry answers (explore/xrv_backbones.py has the chest X-ray ones).
+    pretraining = "ImageNet"
+    input_size = None  # ImageNet nets take any size: no resizing inside the model
 
-BACKBONES: dict[str, Backbone] = {b.name: b for b in [
+    @property
+    def url(self) -> str:
+        return self.weights.url
+
+    @property
+    def input_mean(self) -> tuple[float, ...]:
+        return tuple(self.weights.transforms().mean)  # the weights' own constants (no download needed)
+
+    @property
+    def input_std(self) -> tuple[float, ...]:
+        return tuple(self.weights.transforms().std)
+
+    def weights_path(self) -> Path:
+        """Where torchvision looks for (and downloads) the weights file: <hub dir>/checkpoints/<file>."""
+        return Path(torch.hub.get_dir()) / "checkpoints" / self.filename
+
+    def fetch_hint(self) -> str:
+        return f"(or set TORCH_HOME to a folder holding hub/checkpoints/{self.filename})"
+
+    def architecture(self, with_aux: bool = False) -> nn.Module:
+        return _architecture(self, with_aux)
+
+    def load_pretrained(self) -> nn.Module:
+        return _load_imagenet_backbone(self)
+
+
+BACKBONES: dict[str, "Backbone | XrvBackbone"] = {b.name: b for b in [
     Backbone("googlenet", "GoogLeNet", "googlenet", "GoogLeNet_Weights.IMAGENET1K_V1", "fc", ("inception5b",)),
     # DenseNet's final BatchNorm (norm5) comes after the last dense block, so it trains with it.
     Backbone("densenet121", "DenseNet-121", "densenet121", "DenseNet121_Weights.IMAGENET1K_V1", "classifier",
@@ -85,6 +113,7 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in [
     # Its last block is the last inverted residual (features.11) plus the 1×1 conv that widens to 576.
     Backbone("mobilenet_v3_small", "MobileNetV3-Small", "mobilenet_v3_small",
              "MobileNet_V3_Small_Weights.IMAGENET1K_V1", "classifier", ("features.11", "features.12")),
+    *XRV_BACKBONES,  # pretrained on chest X-rays (torchxrayvision): same modes, same feature cache
 ]}
 
 
@@ -95,66 +124,34 @@ def backbone_spec(name: str) -> Backbone:
 
 
 # ----- weights: where they are expected, and whether they can be had -------------------------
-class WeightsUnavailable(Exception):
-    """The ImageNet weights are not in the cache and cannot be downloaded (message says what to do)."""
-
-
 def weights_path(name: str) -> Path:
-    """Where torchvision looks for (and downloads) the weights file: <hub dir>/checkpoints/<file>."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / backbone_spec(name).filename
-
-
-_REACHABLE: dict[str, tuple[float, bool]] = {}  # host → (checked at, reachable): one probe a minute at most
-
-
-def network_reachable(url: str, timeout_s: float = 2.0) -> bool:
-    """Can this machine open a connection to the download server (or its https proxy)? Fast when offline."""
-    proxy = urllib.request.getproxies().get("https")
-    target = urlparse(proxy) if proxy else urlparse(url)
-    host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
-    checked = _REACHABLE.get(f"{host}:{port}")
-    if checked and time.monotonic() - checked[0] < 60:
-        return checked[1]
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            reachable = True
-    except OSError:
-        reachable = False
-    _REACHABLE[f"{host}:{port}"] = (time.monotonic(), reachable)
-    return reachable
+    """Where the weights file is expected: the torch hub cache (ImageNet) or torchxrayvision's folder."""
+    return backbone_spec(name).weights_path()
 
 
 def download_allowed(name: str) -> bool:
     """Downloads are off with EXPLORE_OFFLINE=1, and pointless when the server cannot be reached."""
-    if os.environ.get("EXPLORE_OFFLINE", "") not in ("", "0"):
-        return False
-    return network_reachable(backbone_spec(name).weights.url)
+    return spec_download_allowed(backbone_spec(name))
 
 
 def weights_status(name: str, check_network: bool = False) -> dict:
-    """What a page or the CLI shows BEFORE training: are the ImageNet weights here, and if not, why not."""
+    """What a page or the CLI shows BEFORE training: are the pretrained weights here, and if not, why not."""
     spec, path = backbone_spec(name), weights_path(name)
     status = {"backbone": name, "weights": spec.weights_name, "available": path.is_file(), "path": str(path),
-              "filename": spec.filename, "url": spec.weights.url, "downloadable": False}
+              "filename": spec.filename, "url": spec.url, "pretraining": spec.pretraining, "downloadable": False}
     if status["available"]:
-        status["message"] = f"ImageNet weights {spec.weights_name} found: {path}"
+        status["message"] = f"{spec.pretraining} weights {spec.weights_name} found: {path}"
     elif check_network and download_allowed(name):
         status["downloadable"] = True
-        status["message"] = (f"ImageNet weights for {spec.title} are not cached yet; they will be downloaded "
-                             f"from {spec.weights.url} to {path} when the first run starts.")
+        status["message"] = (f"{spec.pretraining} weights for {spec.title} are not cached yet; they will be "
+                              f"downloaded from {spec.url} to {path} when the first run starts.")
     else:
         status["message"] = offline_message(name)
     return status
 
 
 def offline_message(name: str) -> str:
-    spec, path = backbone_spec(name), weights_path(name)
-    return (f"The ImageNet weights for {spec.title} are not on this machine, and this machine cannot download "
-            f"them (no network). Expected file: {spec.filename} in {path.parent} (full path: {path}). "
-            f"On a computer with internet, run `python -m explore fetch-weights {name}` and copy the file to "
-            f"that folder (or set TORCH_HOME to a folder holding hub/checkpoints/{spec.filename}). Without it, "
-            f"a run starts from random weights and is labelled '{RANDOM}': that is training from scratch, "
-            f"not transfer learning.")
+    return spec_offline_message(backbone_spec(name))
 
 
 def imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
@@ -179,27 +176,37 @@ def _modern_densenet_keys(state: dict) -> dict:
 
 # ----- the model --------------------------------------------------------------------------
 class TransferNet(nn.Module):
-    """Grey X-ray (N×1×H×W, 0..1) → 3 channels, ImageNet-normalised → backbone → features → head.
+    """Grey X-ray (N×1×H×W, 0..1) → the backbone's input convention → backbone → features → head.
+
+    The convention comes from the backbone's entry: ImageNet nets get 3 channels, ImageNet-normalised;
+    the chest X-ray nets (torchxrayvision) one channel scaled to [-1024, 1024], resized to their resolution.
 
     The backbone is torchvision's network with its ImageNet classifier replaced by Identity, so
     `features(x)` is what the course's new `model.fc` received; `head` is that new classifier.
     Keeping them apart lets a frozen run compute the features once and train only the head.
     """
 
-    def __init__(self, backbone_name: str, backbone: nn.Module, head: nn.Module, mean, std):
+    def __init__(self, backbone_name: str, backbone: nn.Module, head: nn.Module, mean, std,
+                 input_size: int | None = None):
         super().__init__()
         self.backbone_name = backbone_name
         self.backbone = backbone
         self.head = head
         # Buffers, so weights.pt carries them and a reloaded model normalises exactly the same way.
-        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.weights_name = RANDOM  # set by build_transfer_model: the ImageNet weights used, or "random"
-        self.weights_message = ""  # why a run asked for ImageNet weights but got random ones
+        # One value per channel the backbone takes: 3 for ImageNet nets, 1 for the chest X-ray ones.
+        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.input_size = input_size  # resize to this (the weights' training resolution); None: any size
+        self.weights_name = RANDOM  # set by build_transfer_model: the pretrained weights used, or "random"
+        self.weights_message = ""  # why a run asked for pretrained weights but got random ones
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
+        channels = self.input_mean.shape[1]
+        if x.shape[1] == 1 and channels == 3:
             x = x.expand(-1, 3, -1, -1)  # ImageNet nets expect RGB: the grey image in all three channels
+        if self.input_size and x.shape[-1] != self.input_size:  # as torchxrayvision's models do (bilinear)
+            x = nn.functional.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                                          align_corners=False)
         x = (x - self.input_mean) / self.input_std
         out = self.backbone(x)
         return out[0] if isinstance(out, tuple) else out  # GoogLeNet returns a tuple while aux heads exist
@@ -249,13 +256,13 @@ def _cut_classifier(net: nn.Module, spec: Backbone) -> int:
 
 def build_transfer_model(backbone: str, num_outputs: int, head: str = "course", pretrained: bool = True,
                          **_) -> TransferNet:
-    """A backbone with a new head. pretrained=True loads ImageNet weights or raises WeightsUnavailable;
+    """A backbone with a new head. pretrained=True loads its pretrained weights or raises WeightsUnavailable;
     pretrained=False never touches the weights file (random init, `model.weights_name == "random"`)."""
     spec = backbone_spec(backbone)
-    net = _load_imagenet_backbone(spec) if pretrained else _architecture(spec)
+    net = spec.load_pretrained() if pretrained else spec.architecture()
     in_features = _cut_classifier(net, spec)
-    transforms = spec.weights.transforms()  # the weights' own preprocessing constants (no download needed)
-    model = TransferNet(backbone, net, make_head(head, in_features, num_outputs), transforms.mean, transforms.std)
+    model = TransferNet(backbone, net, make_head(head, in_features, num_outputs), spec.input_mean, spec.input_std,
+                        input_size=spec.input_size)
     model.weights_name = spec.weights_name if pretrained else RANDOM
     return model
 

@@ -15,7 +15,7 @@ COMMANDS = {
     "train": ("explore.train_cli", "train a model or a homework preset; JSON lines per epoch"),
     "presets": ("explore.presets", "list the homework presets"),
     "lr-find": ("explore.lr_finder", "learning-rate range test: loss against a rising rate, a suggested rate"),
-    "fetch-weights": ("explore.transfer", "download ImageNet weights into the torch hub cache"),
+    "fetch-weights": ("explore.transfer", "download pretrained weights (ImageNet, chest X-ray)"),
     "attribute": ("explore.attribution", "write saliency overlays for a finished run"),
     "explain-report": ("explore.explain_report", "report card per attribution method: faithfulness, stability…"),
     "mismatch": ("explore.mismatch", "internal vs external metrics and the error decomposition"),

@@ -194,6 +194,10 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo("resnet18", _transfer_builder("resnet18"), "transfer", "ResNet-18, ImageNet"),
         ModelInfo("mobilenet_v3_small", _transfer_builder("mobilenet_v3_small"), "transfer",
                   "MobileNetV3-Small, ImageNet (light: good for CPU classrooms)"),
+        ModelInfo("xrv_densenet121", _transfer_builder("xrv_densenet121"), "transfer",
+                  "DenseNet-121 pretrained on 7 public chest X-ray sets (torchxrayvision), 224 px, one channel"),
+        ModelInfo("xrv_resnet50", _transfer_builder("xrv_resnet50"), "transfer",
+                  "ResNet-50 pretrained on 5 public chest X-ray sets (torchxrayvision), 512 px, one channel"),
     ]
 }
 

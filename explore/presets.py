@@ -44,6 +44,11 @@ def run_name(template: str, config: RunConfig) -> str:
 
 HW3_BASE = dict(model="hw3_cnn", loss="bce", optimizer="adam", lr=1e-3, scheduler="step", step_size=10,
                 gamma=0.1, batch_size=32, epochs=30)
+# A frozen backbone with the course's head (Linear 256 → ReLU → Dropout 0.5 → out), 0..1 input: the model
+# applies each backbone's own normalisation. 224 px: what both DenseNets were trained at.
+TRANSFER_FROZEN = dict(transfer_mode="frozen", transfer_head="course", pretrained=True, input_norm="none",
+                       loss="bce", optimizer="adam", lr=1e-3, scheduler="none", batch_size=32, epochs=10,
+                       image_size=224)
 HW2_BASE = dict(model="hw2_mlp", optimizer="adam", lr=3e-6, scheduler="step", step_size=4, gamma=0.4,
                 batch_size=128, epochs=30)
 
@@ -200,6 +205,14 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
         "Look for: val AUC near 0.95 and a test AUC far lower (Xin et al. 2021: 0.95 → 0.54) — real, not simulated.",
         (RunConfig(name="HW3 CNN pediatric → adult", data=REAL_MISMATCH_DATA, **(HW3_BASE | {"epochs": 15})),),
         quick_size=64, quick_epochs=5, tags=("real data",), own_data=True),
+    Preset(
+        "imagenet_vs_xray_frozen", "ImageNet vs chest X-ray pretraining (frozen)",
+        "The same course head on DenseNet-121 pretrained on ImageNet and on chest X-rays (torchxrayvision), frozen.\n"
+        "Look for: whose features separate pneumonia better on site A (val) — and which hold up on site B (test).",
+        tuple(_cfg(name, **TRANSFER_FROZEN, model=backbone) for name, backbone in (
+            ("DenseNet-121 · ImageNet · frozen", "densenet121"),
+            ("DenseNet-121 · chest X-rays · frozen", "xrv_densenet121"))),
+        quick_size=128, quick_epochs=5, tags=("transfer",)),
 ]}
 
 

@@ -167,10 +167,14 @@ def epochs_done(runs: Path) -> int:
     return sum(len(p.read_text().splitlines()) for p in runs.rglob("metrics.jsonl"))
 
 
-def training_rate(server: subprocess.Popen, runs: Path, seconds: float) -> dict:
-    """Epochs per second finished, and server CPU seconds per epoch, over a window."""
+def training_rate(server: subprocess.Popen, runs: Path, seconds: float, longest_s: float = 120.0) -> dict:
+    """Epochs per second finished, and server CPU seconds per epoch, over a window of at least `seconds`
+    that lasts until at least one epoch finished in it (at most `longest_s`): on a busy machine one epoch
+    can take longer than a short window, which would read as a rate of zero."""
     cpu0, epochs0, t0 = cpu_seconds(server.pid), epochs_done(runs), time.perf_counter()
     time.sleep(seconds)
+    while epochs_done(runs) == epochs0 and time.perf_counter() - t0 < longest_s:
+        time.sleep(0.25)
     cpu1, epochs1, t1 = cpu_seconds(server.pid), epochs_done(runs), time.perf_counter()
     return {"epochs_per_second": (epochs1 - epochs0) / (t1 - t0),
             "server_cpu_seconds_per_epoch": (cpu1 - cpu0) / max(epochs1 - epochs0, 1)}
@@ -199,8 +203,11 @@ def run_watch_cost(window_s: float = 10.0, repeats: int = 2, post_script_gc: boo
                 browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
                 context = browser.new_context(viewport={"width": 1400, "height": 1000})
                 page = start_custom_run(context, url, epochs=300)
-                page.locator("[data-testid='stProgress']").first.wait_for(timeout=120_000)  # training
-                time.sleep(3)  # past the first epoch's one-time costs
+                page.locator("[data-testid='stProgress']").first.wait_for(timeout=120_000)  # queued or training
+                # Past the first epoch and its one-time costs (a worker process may still be starting).
+                deadline = time.monotonic() + 300
+                while epochs_done(runs) == 0 and time.monotonic() < deadline:
+                    time.sleep(0.5)
                 watched = [training_rate(server, runs, window_s) for _ in range(repeats)]
                 context.close()
                 unwatched = [training_rate(server, runs, window_s) for _ in range(repeats)]

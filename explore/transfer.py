@@ -22,6 +22,11 @@ torch hub cache (torch.hub.get_dir()/checkpoints/<file named in the weights' url
 loaded with weights_only=True. With no file and no network a run trains from random
 initialisation and is labelled "random" (never shown as pretrained); `python -m explore
 fetch-weights` on a connected machine fills the cache.
+
+Pretrained on chest X-rays instead: `xrv_densenet121` and `xrv_resnet50` (torchxrayvision's networks,
+see explore/xrv_backbones.py) are entries of the same registry, with the same four modes and the same
+feature cache. Each entry carries its input convention (channels, mean/std, resolution), so
+TransferNet feeds them one channel scaled to [-1024, 1024] at 224 / 512 px instead.
 """
 from __future__ import annotations
 
@@ -410,8 +415,9 @@ def benchmark_frozen_cache(backbone: str = "mobilenet_v3_small", image_size: int
 # ----- python -m explore fetch-weights ----------------------------------------------------
 def cli_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m explore fetch-weights",
-                                     description="Download ImageNet weights into the torch hub cache "
-                                                 f"({Path(torch.hub.get_dir()) / 'checkpoints'}).")
+                                     description="Download pretrained weights: ImageNet ones into the torch hub "
+                                                 f"cache ({Path(torch.hub.get_dir()) / 'checkpoints'}), chest "
+                                                 "X-ray ones (xrv_*) into torchxrayvision's folder.")
     parser.add_argument("names", nargs="*", help=f"backbones (default: all of {', '.join(BACKBONES)})")
     parser.add_argument("--check", action="store_true", help="only report what is cached; download nothing")
     parser.add_argument("--json", action="store_true")
@@ -431,7 +437,7 @@ def _fetch_one(name: str, download: bool) -> dict:
     if status["available"] or not download:
         return status
     try:
-        imagenet_state_dict(name)
+        backbone_spec(name).load_pretrained()
     except WeightsUnavailable as error:
         return status | {"message": str(error)}
     return weights_status(name) | {"message": f"downloaded to {weights_path(name)}"}

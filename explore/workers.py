@@ -37,6 +37,7 @@ def worker_main(device: str | None) -> None:
     """The worker process: train the runs the parent sends, one at a time, until its input ends."""
     stop = threading.Event()
     signal.signal(STOP_SIGNAL, lambda *_: stop.set())
+    server = os.getppid()
     # The protocol owns the real stdout; anything else printed (a library's stray print) goes to stderr.
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
@@ -55,10 +56,15 @@ def worker_main(device: str | None) -> None:
 
     if device and device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))  # stray allocations land on this worker's GPU too
+    def should_stop() -> bool:
+        # Stop pressed, or the server is gone (this process was re-parented): nobody is left to
+        # watch or queue after this run, so end it (as 'stopped') instead of training on unseen.
+        return stop.is_set() or os.getppid() != server
+
     for line in sys.stdin:
         job = json.loads(line)
         try:
-            for _ in execute_run(RunStore(job["runs_root"]), job["run_id"], stop.is_set, device=device):
+            for _ in execute_run(RunStore(job["runs_root"]), job["run_id"], should_stop, device=device):
                 pass
         finally:
             stop.clear()  # before saying done: a Stop for the next run can only come after this

@@ -1,4 +1,5 @@
-"""Transfer learning (HW3): an ImageNet backbone as a frozen feature extractor vs fine-tuned.
+"""Transfer learning (HW3): a pretrained backbone (ImageNet, or chest X-rays via torchxrayvision) as a
+frozen feature extractor vs fine-tuned.
 
 Runs go to the server's job queue; this page only queues them and reads the run store.
 """
@@ -18,7 +19,7 @@ suggested = transfer.suggested_settings()
 
 st.title("🔁 Transfer learning")
 st.caption(f"Dataset: **{report.describe_data(spec)}** (the image size below replaces its size). "
-           "**Frozen**: the ImageNet backbone stays fixed and only a new head trains — its features are computed "
+           "**Frozen**: the pretrained backbone stays fixed and only a new head trains — its features are computed "
            "once and cached, so epochs take milliseconds. **Fine-tuned**: every weight trains, the backbone at a "
            "smaller learning rate.")
 
@@ -36,7 +37,9 @@ with st.container(border=True):
     size = c7.selectbox("Image size (px)", IMAGE_SIZES, index=IMAGE_SIZES.index(224))
     frozen_epochs = st.slider("Two-phase: epochs frozen before unfreezing", 1, 10, 2) if mode == "two-phase" else 2
     quick = st.toggle("Quick: at most 128 px and 3 epochs")
-    st.caption("224 px is what the ImageNet networks were trained on. " + suggested["note"])
+    st.caption("224 px is what the ImageNet networks were trained on. The chest X-ray backbones "
+               "(torchxrayvision) resize every image to their own resolution (DenseNet 224 px, ResNet-50 512 px) "
+               "and take it as one channel scaled to [-1024, 1024]. " + suggested["note"])
 
 status = transfer.weights_status(backbone, check_network=True)
 use_random = False

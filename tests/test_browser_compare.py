@@ -49,7 +49,7 @@ def test_compare_page_shows_both_picked_runs_curves(app_server, browser_page):
     open_page(page, app_server.url, "Compare")
     expect(page.get_by_text("Compare runs").first).to_be_visible(timeout=30_000)
     charts = page.get_by_test_id("stVegaLiteChart")
-    expect(charts).to_have_count(2, timeout=30_000)  # accuracy and loss
+    expect(charts).to_have_count(3, timeout=30_000)  # accuracy, loss, and the learning rate under the loss
     accuracy = charts.first
     # the newest group holds one run: its three curves (train, val, test) only
     expect(accuracy.locator(".mark-line path")).to_have_count(3, timeout=30_000)

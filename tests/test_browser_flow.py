@@ -99,7 +99,9 @@ def test_quick_preset_trains_live_to_final_metrics(app_server, browser_page):  #
                "a later epoch")
     page.get_by_text("trained 8 epochs").first.wait_for(timeout=300_000)
     wait_for_app_idle(page)
-    assert page.get_by_text("val accuracy").is_visible() and page.get_by_text("test AUC").is_visible()
+    # The final results render after the status line says "trained": wait for them, don't sample once.
+    page.get_by_text("val accuracy").first.wait_for(timeout=60_000)
+    page.get_by_text("test AUC").first.wait_for(timeout=60_000)
     assert page.get_by_text("ROC curve").count() + page.locator("[data-testid='stVegaLiteChart']").count() >= 5
     record = RunStore(app_server.runs_dir).load(run_id)
     assert record.state == "finished" and [m["epoch"] for m in record.metrics] == list(range(1, 9))

@@ -76,3 +76,35 @@ def test_death_messages_name_the_signal_or_exit_code():
     assert "SIGSEGV" in death_message(-signal.SIGSEGV)
     assert "out-of-memory" in death_message(-signal.SIGKILL)
     assert "exited with code 3" in death_message(3)
+
+
+def test_a_worker_whose_server_dies_stops_its_run_and_exits(runs_dir, tmp_path):
+    """A server killed mid-run must not leave an orphan training on: the worker stops the run and exits."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = (f"import time\nfrom explore.jobs import JobManager\nfrom explore.store import RunStore\n"
+              f"from explore.config import RunConfig\nfrom explore.data import DataSpec\n"
+              f"if __name__ == '__main__':\n"
+              f"    spec = DataSpec(image_size=64, synthetic=(('n_train', 96), ('n_val', 32), ('n_test', 32)))\n"
+              f"    m = JobManager(max_concurrent=1, executor='process')\n"
+              f"    m.submit(RunStore({str(runs_dir)!r}), [RunConfig(data=spec, model='lab4_gap', epochs=500, batch_size=8)])\n"
+              f"    time.sleep(600)\n")
+    env = os.environ | {"PYTHONPATH": str(root), "EXPLORE_CACHE_DIR": str(tmp_path / "cache"), "EXPLORE_THREADS": "1"}
+    server = subprocess.Popen([sys.executable, "-c", script], cwd=root, env=env)
+    try:
+        store = RunStore(runs_dir)
+        status = wait_for(lambda: store.run_ids() and (s := store.load(store.run_ids()[0], with_metrics=False)
+                                                       .status).get("batch") and s)
+        server.kill()
+        server.wait(timeout=10)
+        record = wait_for(lambda: (r := store.load(store.run_ids()[0], with_metrics=False)).state == "stopped" and r,
+                          timeout=30)
+        assert record.summary["status"] == "stopped"
+        wait_for(lambda: not os.path.exists(f"/proc/{status['pid']}") or
+                 open(f"/proc/{status['pid']}/stat").read().split()[2] == "Z", timeout=30)  # the worker exited
+    finally:
+        if server.poll() is None:
+            server.kill()
