@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 from explore.attribution import LoadedRun, load_run_dir, predict
-from explore.data import Split
+from explore.data import DataError, Split
 from explore.mismatch import internal_external, threshold_report
+from explore.store import StoreError
 from explore.train import make_loss, make_optimizer
 
 SHOT_COUNTS = (8, 32, 128)  # the few-shot sizes the page offers
@@ -217,9 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from explore.data import DataError
-    from explore.store import StoreError
-
     try:
         result = adapt(load_run_dir(args.run), args.method, args.k, args.seed, args.threshold)
     except (StoreError, DataError, AdaptError) as error:

@@ -29,10 +29,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from explore.config import RunConfig
-from explore.data import DataBundle, DataSpec, Split
+from explore.data import DataBundle, DataSpec, Split, load_bundle
 from explore.device import Placement
 from explore.metrics import positive_score
 from explore.models import MODELS, build_model, count_parameters
+from explore.train import InputPipeline, TrainingRun, probabilities
 
 COURSE_ARCHITECTURES = ("hw3_ann", "hw3_cnn", "lab4_gap", "hw3_gap_wide")
 LECTURE_BATCH_SIZES = (24, 32, 48, 64, 96, 128)  # powers of two and the sizes between them
@@ -255,8 +256,6 @@ def _train_and_time(name: str, bundle: DataBundle, batch_size: int, placement: P
 
     The warm-up pays for allocations and kernel selection. The fastest epoch, not the mean, is the
     one least disturbed by other work on the machine (the usual rule for benchmarks)."""
-    from explore.train import TrainingRun  # the real loop, with its data on the device
-
     run = TrainingRun(_timing_config(name, bundle.image_size, batch_size, 1 + timed_epochs), bundle, placement)
     for record in run.fit():
         if record["kind"] == "end" and record["status"] != "finished":
@@ -371,8 +370,6 @@ class Classifier:
 
 def classifier_from_run(store, run_id: str) -> Classifier:
     """A finished run's model with its own input pipeline (the normalisation stats in summary.json)."""
-    from explore.train import InputPipeline
-
     model, config = store.load_model(run_id)
     record = store.load(run_id, with_metrics=False)
     stats = (record.summary or {}).get("input_pipeline")
@@ -380,8 +377,6 @@ def classifier_from_run(store, run_id: str) -> Classifier:
         pipeline = InputPipeline(config, torch.zeros(0, 1, 1, 1, dtype=torch.uint8))
         pipeline.mean, pipeline.std = float(stats["mean"]), float(stats["std"])
     else:
-        from explore.data import load_bundle
-
         pipeline = InputPipeline(config, load_bundle(config.data).train.images)
     return Classifier(f"{config.model} · {record.label}", model, config.data.image_size,
                       lambda images: pipeline(pipeline.stored(images), train=False))
@@ -437,8 +432,6 @@ def translation_sensitivity(classifiers: Iterable[Classifier], image: torch.Tens
     Returns DataFrame(model, shift_px, prob, change): `change` is prob minus the unshifted prob.
     The image is resized to each model's input size first (so every model sees the same content).
     """
-    from explore.train import probabilities  # sigmoid of one logit or softmax, as in training
-
     if axis not in ("x", "y"):
         raise ValueError("axis must be 'x' (left/right) or 'y' (up/down)")
     image = _as_single_image(image)

@@ -45,8 +45,11 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Noi
 from torch import nn
 
 from explore.config import RunConfig
-from explore.data import DataBundle, Split, load_bundle
+from explore.data import DataBundle, DataError, Split, load_bundle
+from explore.browse import BROWSE_MODES, CELL_MEANING, CELLS_BINARY, cell_name, outcomes, select  # noqa: F401 (re-exported)
 from explore.metrics import positive_score
+from explore.models import build_model
+from explore.report import outline_mask
 from explore.store import RunRecord, RunStore, StoreError
 from explore.train import InputPipeline, probabilities
 
@@ -663,56 +666,6 @@ def load_run_dir(run_dir: str | Path, bundle: DataBundle | None = None) -> Loade
     return load_run(RunStore(path.parent), path.name, bundle)
 
 
-CELLS_BINARY = {(0, 0): "TN", (0, 1): "FP", (1, 0): "FN", (1, 1): "TP"}
-CELL_MEANING = {"TN": "true negatives: NORMAL called NORMAL", "FP": "false positives: NORMAL called PNEUMONIA",
-                "FN": "false negatives: PNEUMONIA missed", "TP": "true positives: PNEUMONIA found"}
-BROWSE_MODES = ("all", "correct", "wrong", "cell", "top_losses")
-
-
-def outcomes(probs: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5) -> dict[str, torch.Tensor]:
-    """Per image: predicted class, P(disease), whether correct, and the loss on its true class."""
-    probs, labels = probs.float().cpu(), labels.long().cpu()
-    eps = 1e-7
-    if probs.ndim == 1:
-        predicted = (probs >= threshold).long()
-        p_true = torch.where(labels == 1, probs, 1 - probs)
-    else:
-        predicted = probs.argmax(dim=1)
-        p_true = probs.gather(1, labels.view(-1, 1)).squeeze(1)
-    return {"predicted": predicted, "labels": labels, "disease_prob": positive_score(probs),
-            "correct": predicted == labels, "loss": -torch.log(p_true.clamp_min(eps))}
-
-
-def select(outcome: dict[str, torch.Tensor], how: str = "all", cell: tuple[int, int] | None = None,
-           limit: int = 8) -> list[int]:
-    """Indices to show: all / correct / wrong / one confusion-matrix cell (true, predicted) / top losses.
-
-    Top losses are the most confident mistakes: wrong predictions, highest loss first.
-    """
-    if how not in BROWSE_MODES:
-        raise ValueError(f"browse mode must be one of {BROWSE_MODES}")
-    n = len(outcome["labels"])
-    keep = torch.ones(n, dtype=torch.bool)
-    if how == "correct":
-        keep = outcome["correct"]
-    elif how in ("wrong", "top_losses"):
-        keep = ~outcome["correct"]
-    elif how == "cell":
-        if cell is None:
-            raise ValueError("browsing a confusion-matrix cell needs cell=(true class, predicted class)")
-        keep = (outcome["labels"] == cell[0]) & (outcome["predicted"] == cell[1])
-    index = torch.nonzero(keep).flatten()
-    if how == "top_losses":
-        index = index[torch.argsort(outcome["loss"][index], descending=True, stable=True)]
-    return index[:limit].tolist()
-
-
-def cell_name(true: int, predicted: int, classes: tuple[str, ...]) -> str:
-    if len(classes) == 2:
-        return CELLS_BINARY[(true, predicted)]
-    return f"{classes[true]}→{classes[predicted]}"
-
-
 # ----------------------------------------------------------------------------- for pages and the CLI
 def explain_images(loaded: LoadedRun, split_name: str, index: list[int], method: str, target="positive",
                    smooth: bool = False, device: torch.device | str | None = None, zoom: int | None = None) -> dict:
@@ -733,8 +686,6 @@ def explain_images(loaded: LoadedRun, split_name: str, index: list[int], method:
     overlays = [overlay(split.images[i], m, signed, zoom) for i, m in zip(index, result.maps)]
     originals = [grey_rgb(split.images[i], zoom) for i in index]
     if "lesion" in split.masks:  # outline the known lesion (synthetic, or a radiologist's box on real X-rays)
-        from explore.report import outline_mask
-
         originals = [outline_mask(o, split.masks["lesion"][i]) for o, i in zip(originals, index)]
     return {
         "originals": originals,
@@ -796,9 +747,6 @@ def benchmark_attribution(model_name: str = "hw3_cnn", image_size: int = 128, n_
     Speed comes from batching: IG runs many path steps per forward pass (internal_batch_size),
     occlusion many patches per pass (perturbations_per_eval).
     """
-    from explore.config import RunConfig
-    from explore.models import build_model
-
     torch.manual_seed(0)
     if model is not None:
         model_name = type(model).__name__
@@ -857,8 +805,6 @@ def _indices_for(loaded: LoadedRun, split: str, which: str, n: int) -> list[int]
 
 def cli_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from explore.data import DataError
-
     try:
         loaded = load_run_dir(args.run)
         if args.split not in loaded.predictions and args.split == "test" and len(loaded.split("test")) == 0:

@@ -46,6 +46,7 @@ from torch import nn
 from explore.config import RunConfig
 from explore.data import DataBundle, DataSpec, load_bundle
 from explore.soak import free_port, stop_server
+from explore.bench_stats import fmt, spread  # noqa: F401 (re-exported: bench.spread, bench.fmt)
 from explore.bench_workers import bench_workers, format_workers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,14 +96,6 @@ class Settings:
 
 
 # ----------------------------------------------------------------------------- measuring
-def spread(values: list[float]) -> dict:
-    """Median with min and max: the median resists one disturbed repeat, min/max show the noise."""
-    values = [float(v) for v in values]
-    if not values:
-        return {"median": None, "min": None, "max": None, "n": 0}
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
     started = time.perf_counter()
     result = fn()
@@ -240,7 +233,7 @@ def fast_training(model_name: str, bundle: DataBundle, spec: DataSpec, epochs: i
                   seed: int = 0) -> dict:
     """The app's own loop (`make_run(...).fit()`), with the same model, data, batch size, optimiser and
     input scaling as the course (input_norm "none": pixels 0..1 like ToTensor), so accuracies compare."""
-    from explore.train import make_run
+    from explore.runs import make_run
 
     config = RunConfig(data=spec, model=model_name, loss="bce", optimizer="adam", lr=1e-3, batch_size=32,
                        epochs=epochs, eval_test=False, input_norm="none", device=device, seed=seed)
@@ -353,7 +346,7 @@ def bench_precision(settings: Settings) -> dict:
     Each run trains two epochs and keeps the second: the first carries one-time kernel set-up.
     """
     from explore.device import Placement
-    from explore.train import make_run
+    from explore.runs import make_run
 
     size = settings.image_sizes[0]
     spec = DataSpec(image_size=size, synthetic=settings.knobs)
@@ -416,7 +409,7 @@ def bench_live(settings: Settings) -> dict:
 
     from explore.jobs import JobManager
     from explore.store import RunStore
-    from explore.train import make_run
+    from explore.runs import make_run
 
     size = 64 if settings.quick else 128
     spec = DataSpec(image_size=size, synthetic=settings.knobs)
@@ -728,12 +721,6 @@ def run_benchmarks(settings: Settings, sections=SECTIONS, command: str = "") -> 
         log(f"bench: {name} done in {result['section_seconds']:.1f} s")
     report["machine"]["load_average_after"] = os.getloadavg()
     return report
-
-
-def fmt(s: dict | None, unit: str = "s", digits: int = 3) -> str:
-    if not s or s.get("median") is None:
-        return "n/a"
-    return f"{s['median']:.{digits}f} {unit} (min {s['min']:.{digits}f}, max {s['max']:.{digits}f}, n={s['n']})"
 
 
 def times(x: float | None) -> str:

@@ -20,6 +20,7 @@ import tempfile
 import time
 
 from explore.config import RunConfig
+from explore.bench_stats import fmt, spread
 from explore.data import DataSpec, load_bundle
 
 GOAL_EXTRA_SECONDS = 2.0
@@ -58,7 +59,6 @@ def peak_rss_mb(pid: int) -> float | None:
 
 
 def bench_workers(settings) -> dict:
-    from explore.bench import spread
     from explore.jobs import JobManager
     from explore.store import RunStore
 
@@ -97,8 +97,6 @@ def bench_workers(settings) -> dict:
 
 
 def format_workers(r: dict) -> list[str]:
-    from explore.bench import fmt
-
     met = "goal met" if r["goal_met"] else "goal MISSED"
     rss = f"{r['worker_peak_rss_mb']:.0f} MB" if r.get("worker_peak_rss_mb") else "n/a"
     return [f"  {r['model']}, {r['image_size']} px; a run's start-up, submit → training (data placed, model built):",

@@ -20,6 +20,7 @@ from pathlib import Path
 import altair as alt
 import pandas as pd
 
+from explore.presets import PRESETS
 from explore.store import RunRecord, RunStore
 
 RUN_COLUMNS = ["session", "run_id", "name", "model", "preset", "image_size", "epochs", "val_acc", "test_acc",
@@ -67,8 +68,6 @@ def _folder(namespace: str) -> str:
 
 def _preset(record: RunRecord) -> str:
     """The preset (or sweep) group the run was queued in; custom runs have none."""
-    from explore.presets import PRESETS
-
     group = record.config.group if record.config else ""
     if group in PRESETS:
         return PRESETS[group].title

@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from explore.data import DataSpec
+from explore.models import MODELS
 
 LOSSES = ("bce", "ce")
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
@@ -70,8 +71,6 @@ class RunConfig:
         self.validate()
 
     def validate(self) -> None:
-        from explore.models import MODELS
-
         def one_of(name, value, choices):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")

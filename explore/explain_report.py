@@ -51,8 +51,10 @@ from torchvision.transforms.functional import gaussian_blur
 from explore import attribution as attr
 from explore.attribution import Explainer
 from explore.config import RunConfig
-from explore.data import Split
-from explore.store import RunStore
+from explore.data import DataError, Split
+from explore.models import build_model
+from explore.store import RunStore, StoreError, write_json
+from explore.train import InputPipeline
 
 # The five rows of the card: (attribution method, SmoothGrad on?).
 CARD_METHODS: dict[str, tuple[str, bool]] = {
@@ -633,8 +635,6 @@ def load_cached_report(run_dir: str | Path, settings: ReportSettings, permuted_r
 
 
 def save_report(run_dir: str | Path, settings: ReportSettings, report: dict, permuted_run: str | None = None) -> Path:
-    from explore.store import write_json
-
     path = report_path(run_dir, settings, permuted_run)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, report)
@@ -687,9 +687,6 @@ def benchmark_report(image_size: int = 128, n_images: int = 16, methods=FAST_MET
     A randomly initialised model on random X-ray-sized images with a lesion box: the cost of the
     tests depends on the image size, the model and the count, not on what the model learned.
     """
-    from explore.models import build_model
-    from explore.train import InputPipeline
-
     torch.manual_seed(0)
     model = build_model(model_name, image_size, 1).eval()
     images = torch.randint(0, 256, (n_images, 1, image_size, image_size), dtype=torch.uint8)
@@ -755,9 +752,6 @@ def permuted_explainer(loaded: attr.LoadedRun) -> tuple[str | None, Explainer | 
 
 def cli_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from explore.data import DataError
-    from explore.store import StoreError
-
     try:
         settings = ReportSettings(methods=tuple(dict.fromkeys(args.methods)), n_images=args.n, splits=(args.split,),
                                   replacement=args.replacement)

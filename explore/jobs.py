@@ -24,88 +24,18 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
+from explore import ray_backend  # imports ray only when a Ray executor is used
 from explore.config import RunConfig
+from explore.device import reuse_freed_memory
 from explore.fairqueue import FairQueue
-from explore.reproduce import code_version
+from explore.execute import STATUS_WRITE_INTERVAL_S, execute_run, record_worker_death  # noqa: F401 (re-exported)
 from explore.settings import AppSettings, gate_request, load_settings
-from explore.store import RunStore, StoreError
-
-STATUS_WRITE_INTERVAL_S = 0.5  # live progress is written at most this often (keeps polling cheap)
-
-
-def execute_run(store: RunStore, run_id: str, should_stop: Callable[[], bool] = lambda: False,
-                device: str | None = None, bundle=None) -> Iterator[dict]:
-    """Train the run whose config is stored under `run_id`, writing everything to its folder.
-
-    Yields the training records (for the CLI's JSON lines); the final 'end' record carries the
-    summary. Any failure ends as status 'failed' with its message; the worker survives.
-    `device` pins the run to one GPU ("cuda:1": the job manager's worker for that GPU); a config
-    that asks for the CPU keeps the CPU. `bundle`: the decoded data when the caller already has it
-    (a Ray worker node given a small folder through the object store); else the config's source loads.
-    """
-    from explore.device import Placement
-    from explore.train import make_run
-
-    record = store.load(run_id, with_metrics=False)
-    if record.config is None:
-        raise StoreError(f"run {run_id} cannot start: {record.damaged}")
-    config = record.config
-    store.set_status(run_id, status="running", started=time.time(), pid=os.getpid(), message="preparing data")
-    run = None
-    try:
-        placement = Placement.choose(device, config.precision) if device and config.device != "cpu" else None
-        run = make_run(config, bundle=bundle, placement=placement)
-        if run.weights_name is not None:  # a transfer run whose weights turned out random says so in its name
-            from explore.transfer import relabel_if_random
-
-            honest = relabel_if_random(config, run.weights_name)
-            if honest is not None:
-                config = honest
-                store.replace_config(run_id, config)
-        store.set_status(run_id, message="training", setup_seconds=run.setup_seconds, weights=run.weights_name,
-                         device=run.placement.describe(), device_index=run.placement.device.index)
-        last_write = 0.0
-        for item in run.fit(should_stop):
-            if item["kind"] == "epoch":
-                store.append_metrics(run_id, item)
-                store.set_status(run_id, epoch=item["epoch"], batch=0, epochs=config.epochs)
-                last_write = time.monotonic()
-            elif item["kind"] == "progress" and time.monotonic() - last_write > STATUS_WRITE_INTERVAL_S:
-                store.set_status(run_id, epoch=item["epoch"] - 1, batch=item["batch"], batches=item["batches"],
-                                 epochs=config.epochs)
-                last_write = time.monotonic()
-            if item["kind"] != "end":
-                yield item
-        predictions = run.predictions() if run.data else None
-        summary = run.summary(predictions)
-        summary["run_id"] = run_id
-        summary["code_version"] = code_version()  # what a student hands in says which code produced it
-        summary["device_index"] = run.placement.device.index  # which GPU of the server (None: the CPU)
-        store.save_results(run_id, summary, run.model.state_dict() if run.status != "failed" else None,
-                           predictions)
-        store.set_status(run_id, status=run.status, message=run.message, finished=time.time())
-        yield {"kind": "end", "status": run.status, "message": run.message, "run_id": run_id, "summary": summary}
-    except Exception as error:  # a bad config or data must end this run, not the worker or the page
-        message = f"{type(error).__name__}: {error}"
-        summary = {"status": "failed", "message": message, "run_id": run_id,
-                   "traceback": traceback.format_exc(limit=6)}
-        if run is not None:
-            summary["epochs_completed"] = len(run.history)
-        try:
-            store.save_results(run_id, summary, None, None)
-            store.set_status(run_id, status="failed", message=message, finished=time.time())
-        except OSError:
-            pass
-        yield {"kind": "end", "status": "failed", "message": message, "run_id": run_id, "summary": summary}
-    finally:
-        del run
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
+from explore.store import RunStore
+from explore.workers import WorkerProcess
 
 # ----- the job manager -------------------------------------------------------------------------
 
@@ -157,9 +87,7 @@ def default_worker_count(executor: str = "process") -> int:
     if env:
         return int(env)
     if executor == "ray":
-        from explore.ray_backend import slot_count
-
-        return slot_count()
+        return ray_backend.slot_count()
     return max(1, torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
@@ -183,13 +111,9 @@ class JobManager:
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, not {self.executor!r}")
         if self.executor == "ray":
-            from explore.ray_backend import connect
-
-            connect(ray_address)  # a clear ClusterError when ray is missing or the cluster unreachable
+            ray_backend.connect(ray_address)  # a clear ClusterError when ray is missing or the cluster unreachable
         self.max_concurrent = default_worker_count(self.executor) if max_concurrent is None else max_concurrent
         if self.executor == "thread":
-            from explore.device import reuse_freed_memory
-
             reuse_freed_memory()  # training shares this process: tune malloc before the worker threads start
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -360,12 +284,8 @@ class JobManager:
 
     def _start_process(self, worker: Worker) -> None:
         if self.executor == "ray":
-            from explore.ray_backend import RayExecutor
-
-            worker.process = RayExecutor(self._settings, slots=self.max_concurrent)
+            worker.process = ray_backend.RayExecutor(self._settings, slots=self.max_concurrent)
             return
-        from explore.workers import WorkerProcess
-
         worker.process = WorkerProcess(worker.device)
 
     def _train_in_process(self, worker: Worker, job: Job) -> None:
@@ -383,18 +303,6 @@ class JobManager:
             worker.job = None
             if speed is not None:
                 self._recent_speeds.append((job.speed_key, speed))
-
-
-def record_worker_death(store: RunStore, run_id: str, message: str, details: dict | None = None) -> None:
-    """End a run whose worker died (or could not start): status 'failed', the epochs it completed, and why
-    (`details` add to the summary, e.g. the Ray node it was on)."""
-    try:
-        epochs = len(store.load(run_id).metrics)
-        store.save_results(run_id, {"status": "failed", "message": message, "run_id": run_id,
-                                    "epochs_completed": epochs} | (details or {}), None, None)
-        store.set_status(run_id, status="failed", message=message, finished=time.time())
-    except OSError:
-        traceback.print_exc()
 
 
 def _epochs_done(job: Job) -> int:

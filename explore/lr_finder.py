@@ -25,9 +25,11 @@ import altair as alt
 import pandas as pd
 import torch
 
-from explore.config import RunConfig
-from explore.data import DataBundle
+from explore.config import LOSSES, OPTIMIZERS, RunConfig
+from explore.data import DataBundle, DataError, DataSpec
 from explore.device import Placement
+from explore.models import MODELS
+from explore.train import TrainingRun, make_optimizer
 
 RULE = "one tenth of the learning rate at the lowest smoothed loss"
 SMOOTHING = 0.9  # exponential moving average of the batch loss (one batch alone is too noisy)
@@ -52,8 +54,6 @@ def find_lr(config: RunConfig, bundle: DataBundle | None = None, placement: Plac
     Returns {"suggested_lr", "steepest_lr", "rule", "points": [{"lr", "loss"}, ...], "stopped_early"}.
     `loss` is the smoothed (bias-corrected moving average) training loss per batch.
     """
-    from explore.train import TrainingRun, make_optimizer
-
     if not 0 < test.start_lr < test.end_lr:
         raise ValueError("the range test needs 0 < start_lr < end_lr")
     if test.steps < 5:
@@ -140,9 +140,6 @@ def chart(result: dict) -> alt.Chart:
 
 # ----- python -m explore lr-find ------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from explore.config import LOSSES, OPTIMIZERS
-    from explore.models import MODELS
-
     p = argparse.ArgumentParser(prog="python -m explore lr-find",
                                 description=f"Learning-rate range test; suggests {RULE}.")
     p.add_argument("--model", required=True, choices=list(MODELS))
@@ -162,8 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> RunConfig:
-    from explore.data import DataSpec
-
     data = {k: v for k, v in (("image_size", args.size), ("source", args.source)) if v is not None}
     changes = {k: v for k, v in (("loss", args.loss), ("optimizer", args.optimizer), ("batch_size", args.batch_size))
                if v is not None}
@@ -173,8 +168,6 @@ def config_from_args(args) -> RunConfig:
 
 
 def cli_main(argv: list[str]) -> int:
-    from explore.data import DataError
-
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)

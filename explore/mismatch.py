@@ -33,7 +33,7 @@ from torch import nn
 
 from explore.attribution import LoadedRun, forward_order, load_run_dir, predict
 from explore.config import RunConfig
-from explore.data import Split
+from explore.data import DataError, Split
 from explore.metrics import auc, binary_report, positive_score, roc_curve
 from explore.store import RunStore, StoreError
 
@@ -458,8 +458,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from explore.data import DataError
-
     if not (0.0 <= args.threshold <= 1.0) or not (0.0 <= args.human_error <= 1.0):
         print("error: --threshold and --human-error must be between 0 and 1", file=sys.stderr)
         return 2

@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from explore.backbones import build_transfer_model
+
 
 def conv_block(in_ch: int, out_ch: int, batch_norm: bool = False) -> list[nn.Module]:
     """conv3×3 'same' → (BatchNorm) → ReLU → maxpool 2×2: the course's basic CNN block."""
@@ -166,8 +168,6 @@ class ModelInfo:
 
 def _transfer_builder(backbone: str) -> Callable[..., nn.Module]:
     def build(in_size: int, num_outputs: int, **options) -> nn.Module:
-        from explore.transfer import build_transfer_model  # torchvision models load only when used
-
         return build_transfer_model(backbone, num_outputs, **options)
 
     return build

@@ -37,6 +37,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from explore.config import RunConfig
+from explore.data import load_bundle, parse_source
+from explore.data.disk_cache import bundle_from_payload, bundle_to_payload
+from explore.device import reuse_freed_memory
+from explore.execute import execute_run, record_worker_death
 from explore.settings import AppSettings, load_settings
 from explore.store import RunRecord, RunStore, StoreError
 
@@ -177,9 +181,6 @@ def this_node() -> dict:
 def train_task(config_json: str, run_id: str, stop_flag, data_payload: dict | None, data_note: str | None,
                cpu_threads: int) -> Iterator[dict]:
     """The Ray task (a streaming generator): train one run and yield its store writes as records."""
-    from explore.device import reuse_freed_memory
-    from explore.jobs import execute_run
-
     reuse_freed_memory()  # the training-speed malloc settings belong where the training happens
     # Ray sets OMP_NUM_THREADS to the task's CPUs; the trainer's own thread rule reads EXPLORE_THREADS.
     os.environ["EXPLORE_THREADS"] = str(cpu_threads)
@@ -191,8 +192,6 @@ def train_task(config_json: str, run_id: str, stop_flag, data_payload: dict | No
     store = ForwardingStore(run_id, config)
     bundle = None
     if data_payload is not None:
-        from explore.data.disk_cache import bundle_from_payload
-
         bundle = bundle_from_payload(data_payload)
     elif missing := missing_on_node(config, where, data_note):
         store.save_results(run_id, {"status": "failed", "message": missing, "run_id": run_id,
@@ -218,8 +217,6 @@ def iter_records(store: ForwardingStore) -> Iterator[dict]:
 
 def missing_on_node(config: RunConfig, where: dict, data_note: str | None) -> str | None:
     """A clear message when a folder or npz the run needs is not at its path on this node, else None."""
-    from explore.data import parse_source
-
     for source in _file_sources(config):
         if not Path(parse_source(source)[1]).exists():
             return (f"DataError: {source} does not exist on Ray node {where['node']} ({where['node_ip']}); "
@@ -239,9 +236,6 @@ def data_for_nodes(config: RunConfig, ship_mb: int) -> tuple[dict | None, str | 
     """How the run's data reaches a worker node: (payload, None) when a small folder or npz is decoded
     here and sent through the object store; (None, None) for the synthetic set (each node makes it);
     (None, why not sent) when the node must have the files at the same path."""
-    from explore.data import load_bundle, parse_source
-    from explore.data.disk_cache import bundle_to_payload
-
     sources = _file_sources(config)
     if not sources:
         return None, None
@@ -371,7 +365,6 @@ def lost_message(where: dict, error: Exception, ray) -> str:
 
 def fail_run(store: RunStore, run_id: str, message: str, details: dict) -> dict:
     """End a run as failed in the server's store; returns the 'end' record for the caller."""
-    from explore.jobs import record_worker_death
 
     record_worker_death(store, run_id, message, details)
     return {"kind": "end", "status": "failed", "message": message, "run_id": run_id,

@@ -14,7 +14,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from explore.metrics import positive_score, roc_curve
+from explore.browse import outcomes, select
+from explore.metrics import auc, per_class, positive_score, roc_curve
+from explore.store import StoreError
 
 SPLIT_ORDER = ("train", "train_dev", "val", "test")
 SPLIT_LABELS = {"train": "train", "train_dev": "train-dev", "val": "val (site A)", "test": "test (site B)"}
@@ -160,8 +162,6 @@ def metrics_table(summary: dict | None) -> pd.DataFrame:
 def per_class_table(summary: dict | None, classes: list[str] | None = None) -> pd.DataFrame:
     """Per split and class: precision, recall, F1 and images (from each split's confusion matrix, so runs
     stored before per-class numbers were saved get them too). With three classes this is the report's table."""
-    from explore.metrics import per_class
-
     summary = summary or {}
     classes = list(classes or summary.get("classes") or [])
     rows = []
@@ -181,8 +181,6 @@ def per_class_table(summary: dict | None, classes: list[str] | None = None) -> p
 def cell_examples(predictions: dict[str, torch.Tensor], cell: tuple[int, int], limit: int = 8) -> list[int]:
     """Indices of the images in one confusion-matrix cell (true, predicted), most confident mistakes first
     (the Saliency page's selection, for the Train page's matrix)."""
-    from explore.attribution import outcomes, select
-
     outcome = outcomes(predictions["probs"], predictions["labels"])
     how = "top_losses" if cell[0] != cell[1] else "cell"
     if how == "top_losses":  # wrong cells: keep only this cell's mistakes, ordered by loss
@@ -228,8 +226,6 @@ def roc_frame(predictions: dict[str, dict[str, torch.Tensor]],
     The score is the probability of disease (not NORMAL); a split with one class only has
     no ROC curve and AUC None.
     """
-    from explore.metrics import auc
-
     frames, aucs = [], {}
     for split in splits:
         if split not in predictions:
@@ -324,8 +320,6 @@ def configs_table(configs: list) -> pd.DataFrame:
 
 def run_exists(store, run_id: str) -> bool:
     """A run id from a URL: True only for a folder in this store (never a path outside it)."""
-    from explore.store import StoreError
-
     try:
         return store.path(run_id).is_dir()
     except StoreError:

@@ -7,30 +7,10 @@ that differs from the model's defaults; parsing that command gives back the same
 from __future__ import annotations
 
 import shlex
-import subprocess
-from functools import lru_cache
-from pathlib import Path
 
 from explore.config import RunConfig, flatten
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """'0.1.0' plus the git commit when the code is a checkout ('0.1.0+f0fd0db', '+dirty' with local edits)."""
-    from explore import __version__
-
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-    if commit.returncode != 0:
-        return __version__
-    return f"{__version__}+{commit.stdout.strip()}" + (".dirty" if dirty.stdout.strip() else "")
+from explore.train_cli import FLAG_TO_FIELD, SWITCHES, apply_args, build_parser
+from explore.version import code_version  # noqa: F401 (re-exported: explore.reproduce.code_version)
 
 
 def _flag(name: str) -> str:
@@ -45,8 +25,6 @@ def _value(value) -> str:
 
 def reproduce_command(config: RunConfig) -> str:
     """`python -m explore train --model M ...`: every setting that differs from `--model M`'s defaults."""
-    from explore.train_cli import FLAG_TO_FIELD, SWITCHES, apply_args, build_parser
-
     default = apply_args(RunConfig(model=config.model), build_parser().parse_args(["--model", config.model]))
     args = ["python", "-m", "explore", "train", "--model", config.model]
     field_to_flag = {field: flag for flag, field in FLAG_TO_FIELD.items()}

@@ -28,9 +28,10 @@ import hmac
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from explore.config import RunConfig
+if TYPE_CHECKING:  # annotations only: any module may read the environment through settings
+    from explore.config import RunConfig
 
 TRUE = ("1", "true", "yes", "on")
 

@@ -28,6 +28,9 @@ from pathlib import Path
 import torch
 
 from explore.config import RunConfig
+from explore.files import write_atomic  # noqa: F401 (re-exported: explore.store.write_atomic)
+from explore.models import MODELS, build_model
+from explore.transfer_setup import build_for_run
 
 FINAL_STATUSES = ("finished", "diverged", "stopped", "failed")
 ACTIVE_STATUSES = ("queued", "running")
@@ -39,21 +42,6 @@ class StoreError(Exception):
 
 def default_runs_root() -> Path:
     return Path(os.environ.get("EXPLORE_RUNS_DIR", "runs"))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, obj) -> None:
@@ -230,15 +218,11 @@ class RunStore:
 
     def load_model(self, run_id: str):
         """Rebuild the trained model from config.json + weights.pt, in eval mode on the CPU."""
-        from explore.models import MODELS, build_model
-
         record = self.load(run_id, with_metrics=False)
         if record.damaged or record.config is None:
             raise StoreError(f"run {run_id} is damaged: {record.damaged}")
         config = record.config
         if MODELS[config.model].family == "transfer":
-            from explore.transfer import build_for_run
-
             model, _ = build_for_run(config, config.data.num_classes, load_pretrained=False)
         else:
             size = (record.summary or {}).get("image_size") or config.data.image_size  # the size it trained at

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explore import augment as augmentations
+from explore import transfer_setup
 from explore.config import RunConfig
 from explore.data import DataBundle, load_bundle
 from explore.device import Placement, reuse_freed_memory, set_cpu_threads, tune_cuda
@@ -188,9 +189,7 @@ class TrainingRun:
     def _build_model(self) -> nn.Module:
         config, bundle = self.config, self.bundle
         if MODELS[config.model].family == "transfer":
-            from explore import transfer
-
-            model, self.weights_name = transfer.build_for_run(config, bundle.num_classes)
+            model, self.weights_name = transfer_setup.build_for_run(config, bundle.num_classes)
         else:
             model = build_model(config.model, bundle.image_size, config.num_outputs, **config.options())
         model = model.to(self.placement.device)
@@ -234,9 +233,7 @@ class TrainingRun:
 
     def param_groups(self):
         if MODELS[self.config.model].family == "transfer":
-            from explore import transfer
-
-            return transfer.param_groups(self.model, self.config)
+            return transfer_setup.param_groups(self.model, self.config)
         return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
 
     # ----- the loop --------------------------------------------------------------------
@@ -381,9 +378,7 @@ class TrainingRun:
     def _before_epoch(self, epoch: int):
         """Hook for two-phase transfer learning (unfreeze the backbone after `frozen_epochs`)."""
         if MODELS[self.config.model].family == "transfer":
-            from explore import transfer
-
-            transfer.before_epoch(self.model, self.config, epoch)
+            transfer_setup.before_epoch(self.model, self.config, epoch)
 
     def _epoch_record(self, epoch, loss_sum, correct, n, lr, seconds) -> dict:
         evaluations = {name: self.evaluate(name) for name in self.data if name != "train"}
@@ -440,12 +435,3 @@ class TrainingRun:
             "input_pipeline": self.pipeline.to_dict(),
             "splits": reports,
         }
-
-
-def make_run(config: RunConfig, bundle: DataBundle | None = None, placement: Placement | None = None) -> TrainingRun:
-    """The right kind of run for a config: frozen transfer runs train a head on cached features."""
-    if config.transfer_mode == "frozen":
-        from explore.transfer import FrozenFeatureRun
-
-        return FrozenFeatureRun(config, bundle, placement)
-    return TrainingRun(config, bundle, placement)

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from explore import ray_backend  # imports ray only when EXPLORE_RAY_ADDRESS is set
 from explore.config import (AUGMENTATIONS, INPUT_NORMS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TRANSFER_HEADS,
                             TRANSFER_MODES, RunConfig)
 from explore.data import DataError, DataSpec
@@ -15,6 +16,7 @@ from explore.models import MODELS
 from explore.presets import PRESETS
 from explore.settings import load_settings
 from explore.store import RunStore, StoreError
+from explore.transfer import honest_configs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,9 +174,7 @@ def apply_args(config: RunConfig, args) -> RunConfig:
 def honest_weights(configs: list[RunConfig]) -> list[RunConfig]:
     """Transfer runs whose ImageNet weights cannot be had are named '(random init)', and the user is told why."""
     if not any(MODELS[c.model].family == "transfer" for c in configs):
-        return configs  # no torchvision import for the course models
-    from explore.transfer import honest_configs
-
+        return configs  # nothing to check (and no ImageNet weights to look up) for the course models
     configs, messages = honest_configs(configs)
     for message in messages:
         print(f"note: {message}", file=sys.stderr)
@@ -225,10 +225,8 @@ def trainer():
     settings = load_settings()
     if not settings.ray_address:
         return execute_run
-    from explore.ray_backend import connect, execute_remote
-
-    connect(settings.ray_address)
-    return lambda store, run_id: execute_remote(store, run_id, settings=settings)
+    ray_backend.connect(settings.ray_address)
+    return lambda store, run_id: ray_backend.execute_remote(store, run_id, settings=settings)
 
 
 def final_line(store: RunStore, run_id: str, end: dict) -> dict:

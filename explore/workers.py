@@ -47,9 +47,11 @@ def worker_main(device: str | None) -> None:
     # The training-speed malloc settings belong where the training happens, and must be set
     # before any other thread of this process allocates (see reuse_freed_memory).
     reuse_freed_memory()
+    # torch and the trainer are imported only now, after the ready line and the malloc settings:
+    # the parent hears "ready" at once, and the first allocation already uses the tuned malloc.
     import torch
 
-    from explore.jobs import execute_run
+    from explore.execute import execute_run
     from explore.store import RunStore
 
     if device and device.startswith("cuda"):

@@ -27,7 +27,10 @@ from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from torchvision import models as tvm
+
+# Below explore.backbones, never above it: backbones' registry includes these entries.
+from explore.pretrained_files import (WeightsUnavailable, spec_download_allowed, spec_offline_message,
+                                      torchvision_models)
 
 XRV_RELEASES = "https://github.com/mlmed/torchxrayvision/releases/download/v1/"
 XRV_NUM_OUTPUTS = 18  # the published classifiers predict 18 findings (xrv.datasets.default_pathologies)
@@ -42,13 +45,13 @@ def xrv_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class XrvBackbone:
-    """A torchxrayvision network as a transfer backbone: the same interface as transfer.Backbone."""
+    """A torchxrayvision network as a transfer backbone: the same interface as backbones.Backbone."""
 
     name: str
     title: str
     weights_key: str  # torchxrayvision's name for the weights, e.g. "densenet121-res224-all"
     url: str  # where torchxrayvision downloads them from (xrv.models.model_urls[key]["weights_url"])
-    builder: object  # torchvision's architecture function (densenet121 / resnet50)
+    builder_name: str  # torchvision's architecture function, "densenet121" / "resnet50" (imported on first use)
     stem: str  # the first convolution, replaced by a one-channel one
     head_attribute: str
     last_block: tuple[str, ...]
@@ -56,6 +59,10 @@ class XrvBackbone:
     pretraining: str = "chest X-ray"
     input_mean: tuple[float, ...] = XRV_MEAN
     input_std: tuple[float, ...] = XRV_STD
+
+    @property
+    def builder(self):
+        return getattr(torchvision_models(), self.builder_name)
 
     @property
     def weights_name(self) -> str:
@@ -84,18 +91,16 @@ class XrvBackbone:
 
     def load_pretrained(self) -> nn.Module:
         """The architecture with the published weights from the cache (downloaded first when allowed)."""
-        from explore.transfer import WeightsUnavailable, download_allowed, offline_message
-
         path = self.weights_path()
         if not path.is_file():
-            if not download_allowed(self.name):
-                raise WeightsUnavailable(offline_message(self.name))
+            if not spec_download_allowed(self):
+                raise WeightsUnavailable(spec_offline_message(self))
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 torch.hub.download_url_to_file(self.url, str(path), progress=True)  # temp file, then renamed
             except OSError as error:
                 raise WeightsUnavailable(f"downloading {self.url} failed ({error}). "
-                                         f"{offline_message(self.name)}") from error
+                                         f"{spec_offline_message(self)}") from error
         try:
             state = xrv_state_dict(path)
             net = self.architecture()
@@ -132,10 +137,7 @@ def xrv_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         with torch.serialization.safe_globals(_pickled_module_classes()):
             loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 — only the weights-only unpickler's refusal is turned into a reason
-        # (the library never imports `pickle`, tests/test_rules.py: the refusal is recognised by its type's name)
-        if type(error).__name__ != "UnpicklingError":
-            raise
+    except torch.serialization.pickle.UnpicklingError as error:  # pickle's class via torch: never imported here
         # torch's message starts with generic advice: keep the reason
         reason = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")
         refused = re.search(r"GLOBAL (\S+)", reason)
@@ -159,8 +161,8 @@ XRV_BACKBONES: list[XrvBackbone] = [
     XrvBackbone("xrv_densenet121", "DenseNet-121 (chest X-rays, torchxrayvision)", "densenet121-res224-all",
                 XRV_RELEASES + "nih-pc-chex-mimic_ch-google-openi-kaggle-densenet121-d121-tw-lr001-rot45-tr15-"
                                "sc15-seed0-best.pt",
-                tvm.densenet121, "features.conv0", "classifier", ("features.denseblock4", "features.norm5"), 224),
+                "densenet121", "features.conv0", "classifier", ("features.denseblock4", "features.norm5"), 224),
     XrvBackbone("xrv_resnet50", "ResNet-50 (chest X-rays, torchxrayvision)", "resnet50-res512-all",
                 XRV_RELEASES + "pc-nih-rsna-siim-vin-resnet50-test512-e400-state.pt",
-                tvm.resnet50, "conv1", "fc", ("layer4",), 512),
+                "resnet50", "conv1", "fc", ("layer4",), 512),
 ]

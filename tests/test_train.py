@@ -6,7 +6,8 @@ import torch
 
 from explore.config import RunConfig
 from explore.data import DataSpec
-from explore.train import InputPipeline, make_run
+from explore.runs import make_run
+from explore.train import InputPipeline
 
 from conftest import make_bundle
 

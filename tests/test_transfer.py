@@ -11,7 +11,8 @@ from explore.config import RunConfig
 from explore.data import DataSpec
 from explore.jobs import execute_run
 from explore.store import RunRecord, RunStore
-from explore.train import TrainingRun, make_run
+from explore.runs import make_run
+from explore.train import TrainingRun
 from explore.transfer import (BACKBONES, FeatureCache, FrozenFeatureRun, TransferNet, WeightsUnavailable,
                               build_for_run, build_transfer_model, param_groups, transfer_config, weights_path,
                               weights_status)

@@ -10,7 +10,7 @@ from torch import nn
 
 from explore import transfer
 from explore.presets import PRESETS
-from explore.train import make_run
+from explore.runs import make_run
 from explore.transfer import (BACKBONES, FrozenFeatureRun, WeightsUnavailable, build_for_run, build_transfer_model,
                               transfer_config, weights_path, weights_status)
 from explore.xrv_backbones import xrv_cache_dir

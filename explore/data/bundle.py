@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .metadata import metadata_summary
+
 SPLITS = ("train", "val", "test")
 IMAGE_SIZES = (64, 128, 224, 256)
 
@@ -144,8 +146,6 @@ class DataBundle:
 
     def _real_data_json(self) -> dict:
         """For the public X-ray sets: how images were selected and label vs view / age / sex."""
-        from .metadata import metadata_summary  # only real sets carry metadata
-
         out = {"selection": self.selection} if self.selection else {}
         summary = metadata_summary(self)
         return out | ({"metadata": summary} if summary else {})

@@ -23,6 +23,8 @@ from typing import Callable
 
 import torch
 
+from explore.files import write_atomic
+
 from .bundle import DataBundle, SkippedFile, Split
 
 CACHE_VERSION = 1
@@ -38,14 +40,13 @@ def cacheable(spec) -> bool:
 @functools.lru_cache(maxsize=1)
 def generator_fingerprint() -> str:
     """A hash of the code that makes the synthetic images: edit the generator and old files no longer match."""
-    from . import bundle, synthetic
-
-    code = b"".join(Path(module.__file__).read_bytes() for module in (synthetic, bundle))
+    here = Path(__file__).parent  # read the sources; importing them here would tie this module to the package
+    code = b"".join((here / name).read_bytes() for name in ("synthetic.py", "bundle.py"))
     return hashlib.sha256(code).hexdigest()[:16]
 
 
 def cache_file(spec, cache_dir: str | None = None) -> Path:
-    from .folder import default_cache_dir
+    from .folder import default_cache_dir  # the folder loader (and PIL) load only when a cache is used
 
     key = f"{spec.key()}|{CACHE_VERSION}|{generator_fingerprint()}"
     name = hashlib.sha256(key.encode()).hexdigest()[:24]
@@ -87,8 +88,6 @@ def read_bundle(path: Path) -> DataBundle | None:
 
 def write_bundle(path: Path, bundle: DataBundle) -> None:
     """Atomically (temp file + rename), so a worker reading at the same moment never sees half a file."""
-    from explore.store import write_atomic
-
     buffer = io.BytesIO()
     torch.save(bundle_to_payload(bundle), buffer)
     try:

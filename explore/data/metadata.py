@@ -11,7 +11,10 @@ Only bundles whose splits carry `metadata` (the `xrv:` sources) have anything to
 """
 from __future__ import annotations
 
-from .bundle import DataBundle
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: bundle.py imports this module to fill its JSON
+    from .bundle import DataBundle
 
 # The metadata columns tabulated against the label, in the order they are shown.
 TABULATED = ("view", "sex", "age", "dataset")
