@@ -20,7 +20,10 @@ computed once per (source run, method, images) and kept in memory for the other 
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
+import sys
 from pathlib import Path
 
 import torch
@@ -235,3 +238,45 @@ def roar_sentence(results: dict) -> str:
     if results["pending"]:
         parts.append(f"{results['pending']} ROAR run(s) still queued or running")
     return "; ".join(parts) or "no finished ROAR runs yet"
+
+
+# ----------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m explore roar",
+                                description="Remove and retrain: train the ROAR group of a finished run in this "
+                                            "process (each method × t, and random), then print test accuracy vs t.")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="the finished run whose maps decide")
+    p.add_argument("--methods", nargs="+", choices=[m for m in roar_methods() if m != RANDOM],
+                   default=list(ROAR_DEFAULT_METHODS), help="methods to remove by (random is always added)")
+    p.add_argument("--fractions", nargs="+", type=float, default=list(ROAR_FRACTIONS), help="shares of pixels removed")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    return p
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    from explore.jobs import execute_run
+    from explore.store import RunStore, StoreError
+
+    args = build_parser().parse_args(argv)
+    path = Path(args.run)
+    store = RunStore(path.parent)
+    try:
+        if not (path / "weights.pt").exists():
+            raise StoreError(f"{path} is not a finished run (no weights.pt)")
+        source = store.load(path.name, with_metrics=False).config
+        configs = roar_configs(source, path, args.methods, args.fractions)
+    except (StoreError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for config in configs:
+        run_id = store.create(config)
+        end = list(execute_run(store, run_id))[-1]
+        print(f"{config.name}: {end['status']} {end.get('message', '')}".rstrip(), file=sys.stderr)
+    results = roar_results(store, path)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for row in roar_rows(results):
+        print("  ".join(f"{key}: {value}" for key, value in row.items()))
+    print(f"- {roar_sentence(results)}")
+    return 0

@@ -101,3 +101,25 @@ def test_a_tiny_roar_group_trains_and_the_report_reads_it_back(tmp_path, monkeyp
     assert [r["method"] for r in rows] == ["saliency", "random"] and "t = 50%" in rows[0]
     assert rows[1]["verdict"] == "reference"
     assert roar.roar_sentence(results)
+
+
+def test_the_cli_trains_the_group_and_prints_accuracy_vs_t(tmp_path, monkeypatch, capsys):
+    import json
+
+    from conftest import make_bundle
+    import explore.train
+    from explore.cli import main
+    from explore.jobs import execute_run
+    from explore.store import RunStore
+
+    bundle = make_bundle(size=SIZE, n_train=32, n_val=16, n_test=16)
+    monkeypatch.setattr(explore.train, "load_bundle", lambda spec: bundle)
+    store = RunStore(tmp_path)
+    source = store.create(RunConfig(data=DataSpec(image_size=SIZE), model="lab4_gap", epochs=1, batch_size=16))
+    assert main(["roar", "--run", str(store.path(source))]) == 2  # not finished yet: a clear error
+    assert "not a finished run" in capsys.readouterr().err
+    assert list(execute_run(store, source))[-1]["status"] == "finished"
+    assert main(["roar", "--run", str(store.path(source)), "--methods", "gradcam", "--fractions", "0.5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fractions"] == [0.0, 0.5] and list(out["methods"]) == ["gradcam", "random"]
+    assert len(roar.roar_runs(store, store.path(source))) == 2
