@@ -168,6 +168,13 @@ def roar_runs(store, source_dir: str | Path) -> list:
     return [r for r in store.list() if not r.damaged and r.config is not None and r.config.roar_from_run == source_dir]
 
 
+def missing_configs(store, source_dir: str | Path, configs: list[RunConfig]) -> list[RunConfig]:
+    """The configs of a group whose point (method, fraction) has no finished, queued or running run yet."""
+    have = {(r.config.roar_method, r.config.roar_fraction) for r in roar_runs(store, source_dir)
+            if r.state in ("finished", "queued", "running")}
+    return [c for c in configs if (c.roar_method, c.roar_fraction) not in have]
+
+
 def roar_results(store, source_dir: str | Path) -> dict | None:
     """Test accuracy against the fraction removed, per method, from the finished ROAR runs of a run.
 

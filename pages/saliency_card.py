@@ -122,12 +122,14 @@ def roar_section(store: RunStore, run_id: str, loaded) -> None:
     elif results is not None:
         st.info(f"{results['pending']} ROAR run(s) queued or running; the Train page shows their progress.")
     methods = [m for m in roar.ROAR_DEFAULT_METHODS if not (m == "gradcam" and loaded.gradcam_layer_name is None)]
-    configs = roar.roar_configs(loaded.config, run_dir, methods)
+    configs = roar.missing_configs(store, run_dir, roar.roar_configs(loaded.config, run_dir, methods))
+    if not configs:
+        return
     if loaded.bundle.image_size > 64:
         st.caption(f"These runs train at {loaded.bundle.image_size} px, {loaded.config.epochs} epochs each; ROAR is "
                    f"meant small: a run on the simulation at 64 px keeps the group to minutes.")
     label = f"Remove and retrain (queues {len(configs)} runs)"
-    if st.button(label, key="roar_queue", disabled=bool(results and results["pending"])):
+    if st.button(label, key="roar_queue"):
         run_ids = queue_runs(store, configs)
         if run_ids:
             st.success(f"Queued {len(run_ids)} runs (group “{configs[0].group}”); come back when they have finished.")

@@ -56,6 +56,7 @@ def test_the_button_queues_the_group_and_the_page_and_cli_show_accuracy_vs_t(tmp
         assert list(execute_run(store, run_id))[-1]["status"] == "finished"
     at.run()
     assert not at.exception, [e.value for e in at.exception]
+    assert not [b for b in at.button if b.key == "roar_queue"]  # every point has its run: nothing left to queue
     table = next(df.value for df in at.dataframe if "verdict" in df.value.columns)
     assert list(table["method"]) == ["saliency", "gradcam", "random"]
     assert list(table.columns[1:5]) == ["t = 0%", "t = 10%", "t = 30%", "t = 50%"]

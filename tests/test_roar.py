@@ -76,7 +76,10 @@ def test_a_tiny_roar_group_trains_and_the_report_reads_it_back(tmp_path, monkeyp
     assert roar.roar_results(store, store.path(source)) is None  # no ROAR runs yet
 
     group = roar.roar_configs(config, store.path(source), methods=("saliency",), fractions=(0.1, 0.5))
-    ids = [store.create(c) for c in group]
+    assert roar.missing_configs(store, store.path(source), group) == group
+    ids = [store.create(c) for c in group[:3]]
+    assert roar.missing_configs(store, store.path(source), group) == group[3:]  # only the point not yet queued
+    ids.append(store.create(group[3]))
     pending = roar.roar_results(store, store.path(source))
     assert pending["pending"] == 4 and pending["methods"] == {}
 
