@@ -226,8 +226,8 @@ def roar_rows(results: dict) -> list[dict]:
         elif entry["faithful"] is None:
             row["verdict"] = "n/a (needs random's runs)"
         else:
-            row["verdict"] = (f"{'pass' if entry['faithful'] else 'FAIL'}: "
-                              f"{entry['drop_vs_random']:+.1%} below random")
+            row["verdict"] = (f"{'pass' if entry['faithful'] else 'FAIL'}: accuracy {-entry['drop_vs_random']:+.1%} "
+                              f"against random's, on average over t")
         rows.append(row)
     return rows
 
@@ -240,8 +240,8 @@ def roar_sentence(results: dict) -> str:
         parts.append(f"removing the pixels {', '.join(faithful)} points at hurts a retrained model more than removing "
                      f"random pixels: faithful by ROAR")
     if unfaithful:
-        parts.append(f"{', '.join(unfaithful)} does no better than random: its top pixels are not what the data's "
-                     f"signal depends on")
+        parts.append(f"removing the top pixels of {', '.join(unfaithful)} hurts no more than removing random pixels: "
+                     f"not faithful by ROAR (with one seed per point, check that every run learned)")
     if results["pending"]:
         parts.append(f"{results['pending']} ROAR run(s) still queued or running")
     return "; ".join(parts) or "no finished ROAR runs yet"
