@@ -18,6 +18,7 @@ COMMANDS = {
     "fetch-weights": ("explore.transfer", "download pretrained weights (ImageNet, chest X-ray)"),
     "attribute": ("explore.attribution", "write saliency overlays for a finished run"),
     "explain-report": ("explore.explain_report", "report card per attribution method: faithfulness, stability…"),
+    "roar": ("explore.roar", "remove and retrain: train a run's ROAR group (methods × t, and random) and compare"),
     "mismatch": ("explore.mismatch", "internal vs external metrics and the error decomposition"),
     "adapt": ("explore.adapt", "adapt a finished run to its test hospital (AdaBN, few-shot, histogram matching)"),
     "bench": ("explore.bench", "measure speed: fast path vs the course's loop, and more"),

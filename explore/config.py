@@ -50,6 +50,11 @@ class RunConfig:
     input_norm: str = "dataset"  # how pixels are standardised before the model
     train_dev_fraction: float = 0.0  # hold out this share of train as "train-dev" (mismatch analysis)
     permute_labels: bool = False  # data-randomisation test (Adebayo 2018): train on shuffled labels
+    # Remove and retrain (ROAR, explore/roar.py): remove the top roar_fraction of pixels of every image,
+    # ranked by roar_method's maps of the finished run in folder roar_from_run ("random": a seeded order)
+    roar_from_run: str = ""
+    roar_method: str = ""
+    roar_fraction: float = 0.0
     # Transfer learning (pretrained backbones only)
     transfer_mode: str = "none"
     transfer_head: str = "course"
@@ -94,6 +99,10 @@ class RunConfig:
             raise ValueError("batch_size, epochs and step_size must be at least 1")
         if not (0 <= self.train_dev_fraction < 0.5):
             raise ValueError("train_dev_fraction must be in [0, 0.5)")
+        if self.roar_from_run or self.roar_method or self.roar_fraction:
+            from explore.roar import validate_roar
+
+            validate_roar(self)
         if MODELS[self.model].family == "transfer" and self.transfer_mode == "none":
             object.__setattr__(self, "transfer_mode", "finetune")
         if MODELS[self.model].family == "transfer" and self.input_norm == "dataset":

@@ -768,6 +768,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     report["permuted_run"] = permuted_id
     save_report(args.run, settings, report, permuted_id)
     out = cli_report(report, args.split)
+    out["roar"] = roar_report(args.run)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -777,4 +778,19 @@ def cli_main(argv: list[str] | None = None) -> int:
         print(f"  {row['method']:<24} " + "  ".join(f"{CARD_COLUMNS[c]}: {row[c]}" for c in CARD_COLUMNS))
     for sentence in card_sentences(report):
         print(f"- {sentence}")
+    if out["roar"] is not None:
+        from explore.roar import roar_rows, roar_sentence
+
+        print("remove and retrain (test accuracy vs share of pixels removed):")
+        for row in roar_rows(out["roar"]):
+            print("  " + "  ".join(f"{key}: {value}" for key, value in row.items()))
+        print(f"- {roar_sentence(out['roar'])}")
     return 0
+
+
+def roar_report(run_dir: str | Path) -> dict | None:
+    """The finished remove-and-retrain runs of this run (explore/roar.py), from the same runs folder."""
+    from explore.roar import roar_results
+
+    path = Path(run_dir)
+    return roar_results(RunStore(path.parent), path)
