@@ -99,10 +99,12 @@ class RunConfig:
             raise ValueError("batch_size, epochs and step_size must be at least 1")
         if not (0 <= self.train_dev_fraction < 0.5):
             raise ValueError("train_dev_fraction must be in [0, 0.5)")
-        if self.roar_from_run or self.roar_method or self.roar_fraction:
-            from explore.roar import validate_roar
-
-            validate_roar(self)
+        if (self.roar_method or self.roar_fraction) and not self.roar_from_run:
+            raise ValueError("roar_method and roar_fraction need roar_from_run (the run whose maps decide)")
+        if self.roar_from_run and not (0 < self.roar_fraction < 1):
+            raise ValueError(f"roar_fraction must be between 0 and 1 (the share of pixels removed); "
+                             f"got {self.roar_fraction}")
+        # (which roar_method names exist is checked by explore.roar when the run is made)
         if MODELS[self.model].family == "transfer" and self.transfer_mode == "none":
             object.__setattr__(self, "transfer_mode", "finetune")
         if MODELS[self.model].family == "transfer" and self.input_norm == "dataset":

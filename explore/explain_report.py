@@ -750,7 +750,9 @@ def permuted_explainer(loaded: attr.LoadedRun) -> tuple[str | None, Explainer | 
     return permuted_id, attr.load_run(store, permuted_id, bundle=loaded.bundle).explainer()
 
 
-def cli_main(argv: list[str] | None = None) -> int:
+def cli_main(argv: list[str] | None = None, roar_of=None) -> int:
+    """`explain-report`. `roar_of(run_dir) -> (results, lines)` adds the run's remove-and-retrain results
+    (explore.explain_cli passes it: this module sits below explore.roar, which uses its pixel order)."""
     args = build_parser().parse_args(argv)
     try:
         settings = ReportSettings(methods=tuple(dict.fromkeys(args.methods)), n_images=args.n, splits=(args.split,),
@@ -768,7 +770,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     report["permuted_run"] = permuted_id
     save_report(args.run, settings, report, permuted_id)
     out = cli_report(report, args.split)
-    out["roar"] = roar_report(args.run)
+    out["roar"], roar_lines = roar_of(args.run) if roar_of else (None, [])
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -778,19 +780,6 @@ def cli_main(argv: list[str] | None = None) -> int:
         print(f"  {row['method']:<24} " + "  ".join(f"{CARD_COLUMNS[c]}: {row[c]}" for c in CARD_COLUMNS))
     for sentence in card_sentences(report):
         print(f"- {sentence}")
-    if out["roar"] is not None:
-        from explore.roar import roar_rows, roar_sentence
-
-        print("remove and retrain (test accuracy vs share of pixels removed):")
-        for row in roar_rows(out["roar"]):
-            print("  " + "  ".join(f"{key}: {value}" for key, value in row.items()))
-        print(f"- {roar_sentence(out['roar'])}")
+    for line in roar_lines:
+        print(line)
     return 0
-
-
-def roar_report(run_dir: str | Path) -> dict | None:
-    """The finished remove-and-retrain runs of this run (explore/roar.py), from the same runs folder."""
-    from explore.roar import roar_results
-
-    path = Path(run_dir)
-    return roar_results(RunStore(path.parent), path)

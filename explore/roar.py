@@ -20,15 +20,17 @@ computed once per (source run, method, images) and kept in memory for the other 
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import hashlib
-import json
-import sys
 from pathlib import Path
 
 import torch
 
+from explore import attribution as attr
 from explore.config import RunConfig
+from explore.data import DataBundle
+from explore.explain_report import CARD_METHODS, pixel_order
+from explore.store import RunStore
 
 ROAR_FRACTIONS = (0.1, 0.3, 0.5)
 RANDOM = "random"
@@ -41,13 +43,12 @@ FILL = "the image's mean grey value (a flat grey; the deletion curves' replaceme
 
 def roar_methods() -> tuple[str, ...]:
     """Every method a ROAR run may remove by: the report card's rows, and random."""
-    from explore.explain_report import CARD_METHODS
-
     return (*CARD_METHODS, RANDOM)
 
 
 def validate_roar(config: RunConfig) -> None:
-    """Called by RunConfig.validate when a run removes pixels."""
+    """The method a ROAR run removes by must exist: checked when the run is made (explore.runs) and when its
+    group is built (RunConfig.validate checks the rest without importing this module)."""
     if not config.roar_from_run:
         if config.roar_method or config.roar_fraction:
             raise ValueError("roar_method and roar_fraction need roar_from_run (the run whose maps decide)")
@@ -67,8 +68,6 @@ def random_orders(n_images: int, n_pixels: int, seed: int) -> torch.Tensor:
 
 def attribution_orders(maps: torch.Tensor, seed: int) -> torch.Tensor:
     """Pixel indices per map (N×H×W → N×P), most-attributed first; ties in a seeded random order."""
-    from explore.explain_report import pixel_order
-
     generator = torch.Generator().manual_seed(seed)
     return torch.stack([pixel_order(m, generator) for m in maps]) if len(maps) else torch.zeros(0, 0, dtype=torch.long)
 
@@ -96,9 +95,6 @@ def _fingerprint(images: torch.Tensor) -> str:
 
 def source_explainer(source_run: str | Path, image_size: int):
     """The source run's model and input pipeline (statistics from its summary), without loading its data."""
-    from explore import attribution as attr
-    from explore.store import RunStore
-
     path = Path(source_run)
     store = RunStore(path.parent)
     model, config = store.load_model(path.name)
@@ -116,9 +112,6 @@ def source_orders(source_run: str | Path, method: str, images: torch.Tensor, see
     if method == RANDOM:
         orders = random_orders(n, height * width, seed)
     else:
-        from explore import attribution as attr
-        from explore.explain_report import CARD_METHODS
-
         algorithm, smooth = CARD_METHODS[method]
         maps = attr.attribute(source_explainer(source_run, height), images, algorithm, ROAR_TARGET, smooth,
                               batch_size=256, with_probs=False).maps
@@ -127,6 +120,23 @@ def source_orders(source_run: str | Path, method: str, images: torch.Tensor, see
         _ORDER_CACHE.pop(next(iter(_ORDER_CACHE)))
     _ORDER_CACHE[key] = orders
     return orders
+
+
+def removed_bundle(config: RunConfig, bundle: DataBundle) -> DataBundle:
+    """The bundle a ROAR run trains and evaluates on: every split's images with their top pixels removed."""
+    validate_roar(config)
+    splits = {name: dataclasses.replace(split, images=removed_images(config, split.images))
+              for name, split in bundle.splits.items()}
+    return dataclasses.replace(bundle, splits=splits)
+
+
+def report_lines(results: dict | None) -> list[str]:
+    """The remove-and-retrain results as the text `explain-report` prints."""
+    if results is None:
+        return []
+    return (["remove and retrain (test accuracy vs share of pixels removed):"]
+            + ["  " + "  ".join(f"{key}: {value}" for key, value in row.items()) for row in roar_rows(results)]
+            + [f"- {roar_sentence(results)}"])
 
 
 def removed_images(config: RunConfig, images: torch.Tensor) -> torch.Tensor:
@@ -248,42 +258,3 @@ def roar_sentence(results: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m explore roar",
-                                description="Remove and retrain: train the ROAR group of a finished run in this "
-                                            "process (each method × t, and random), then print test accuracy vs t.")
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="the finished run whose maps decide")
-    p.add_argument("--methods", nargs="+", choices=[m for m in roar_methods() if m != RANDOM],
-                   default=list(ROAR_DEFAULT_METHODS), help="methods to remove by (random is always added)")
-    p.add_argument("--fractions", nargs="+", type=float, default=list(ROAR_FRACTIONS), help="shares of pixels removed")
-    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    return p
-
-
-def cli_main(argv: list[str] | None = None) -> int:
-    from explore.jobs import execute_run
-    from explore.store import RunStore, StoreError
-
-    args = build_parser().parse_args(argv)
-    path = Path(args.run)
-    store = RunStore(path.parent)
-    try:
-        if not (path / "weights.pt").exists():
-            raise StoreError(f"{path} is not a finished run (no weights.pt)")
-        source = store.load(path.name, with_metrics=False).config
-        configs = roar_configs(source, path, args.methods, args.fractions)
-    except (StoreError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for config in configs:
-        run_id = store.create(config)
-        end = list(execute_run(store, run_id))[-1]
-        print(f"{config.name}: {end['status']} {end.get('message', '')}".rstrip(), file=sys.stderr)
-    results = roar_results(store, path)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    for row in roar_rows(results):
-        print("  ".join(f"{key}: {value}" for key, value in row.items()))
-    print(f"- {roar_sentence(results)}")
-    return 0

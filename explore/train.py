@@ -226,10 +226,6 @@ class TrainingRun:
             if len(split) == 0 and name != "test":
                 raise ValueError(f"the {name} split is empty: a run needs training and validation images")
             images = split.images
-            if self.config.roar_from_run:  # remove and retrain: the top pixels of the source run's maps are gone
-                from explore.roar import removed_images
-
-                images = removed_images(self.config, images)
             images = self.pipeline.stored(images).to(device)
             labels = permuted_labels(split.labels, self.config.seed) if (
                 name == "train" and self.config.permute_labels) else split.labels

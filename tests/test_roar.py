@@ -44,8 +44,8 @@ def test_ties_and_random_order_are_seeded_permutations():
 
 def test_config_fields_are_validated(tmp_path):
     base = RunConfig(data=DataSpec(image_size=SIZE), model="lab4_gap", epochs=1, name="tiny")
-    with pytest.raises(ValueError, match="roar_method"):
-        base.replace(roar_from_run=str(tmp_path), roar_method="nope", roar_fraction=0.1)
+    with pytest.raises(ValueError, match="roar_method"):  # checked when the run is made
+        roar.validate_roar(base.replace(roar_from_run=str(tmp_path), roar_method="nope", roar_fraction=0.1))
     with pytest.raises(ValueError, match="roar_fraction"):
         base.replace(roar_from_run=str(tmp_path), roar_method="saliency", roar_fraction=1.5)
     with pytest.raises(ValueError, match="need roar_from_run"):
@@ -65,7 +65,7 @@ def test_a_tiny_roar_group_trains_and_the_report_reads_it_back(tmp_path, monkeyp
     import explore.train
     from explore.jobs import execute_run
     from explore.store import RunStore
-    from explore.train import TrainingRun
+    from explore.runs import make_run
 
     bundle = make_bundle(size=SIZE, n_train=32, n_val=16, n_test=16)
     monkeypatch.setattr(explore.train, "load_bundle", lambda spec: bundle)
@@ -84,7 +84,7 @@ def test_a_tiny_roar_group_trains_and_the_report_reads_it_back(tmp_path, monkeyp
     assert pending["pending"] == 4 and pending["methods"] == {}
 
     # What the loop trains on: half of every image's pixels are gone, ranked by the source's saliency.
-    run = TrainingRun(group[1], bundle)
+    run = make_run(group[1], bundle)
     placed = run.data["train"][0].cpu()
     changed = (placed != bundle.train.images).flatten(1).float().mean(1)
     assert torch.all(changed <= 0.5) and changed.mean() > 0.3  # (a pixel already at the mean grey stays)
