@@ -71,10 +71,10 @@ def train_custom_mlp(page, previous_run: str) -> str:
     page.locator("[data-testid='stSelectbox']").filter(has_text="Model").first.click()
     page.get_by_role("option", name="hw2_mlp").click()
     wait_for_app_idle(page)
-    epochs = page.get_by_label("Epochs")
+    epochs = page.get_by_label("Epochs", exact=True)  # not the chart marks labelled "epoch: 1; ..."
     epochs.fill("3")
     epochs.press("Enter")
-    name = page.get_by_label("Name")
+    name = page.get_by_label("Name", exact=True)
     name.fill("second run: MLP")
     name.press("Enter")
     wait_for_app_idle(page)
