@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,13 @@ def make_npz_dataset(tmp_path) -> Path:
     path = tmp_path / "pneumoniamnist.npz"
     np.savez(path, **arrays)
     return path
+
+
+def wait_for(predicate, timeout: float = 120.0):
+    """Poll `predicate` until it returns something truthy (and return that), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")

@@ -16,6 +16,7 @@ import time
 import pytest
 import torch
 
+from conftest import wait_for
 from explore.config import RunConfig
 from explore.data import DataSpec, load_bundle
 from explore.data.disk_cache import bundle_from_payload
@@ -39,15 +40,6 @@ SMALL = DataSpec(image_size=64, synthetic=(("n_train", 96), ("n_val", 32), ("n_t
 
 def cfg(**kw) -> RunConfig:
     return RunConfig(**(dict(data=SMALL, model="lab4_gap", epochs=1, batch_size=8) | kw))
-
-
-def wait_for(predicate, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 # ----- the pieces, no cluster needed ---------------------------------------------------------

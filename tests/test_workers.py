@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from conftest import wait_for
 from explore.config import RunConfig
 from explore.data import DataSpec
 from explore.jobs import JobManager
@@ -30,15 +31,6 @@ def manager(tmp_path, monkeypatch):
 
 def cfg(**kw) -> RunConfig:
     return RunConfig(**(dict(data=SMALL, model="lab4_gap", epochs=1, batch_size=8) | kw))
-
-
-def wait_for(predicate, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_a_run_trains_in_a_worker_process_and_stops_within_a_batch(runs_dir, manager):
