@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-import altair as alt
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -466,64 +465,3 @@ def translation_summary(sensitivity: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----- charts (Altair specs built from the tables above) -------------------------------------
-def cost_chart(totals: pd.DataFrame, column: str = "params", log: bool = False) -> alt.Chart:
-    """Horizontal bars of parameters or MACs per model; a log axis shows small models too."""
-    titles = {"params": "parameters", "macs": "multiply-accumulates for one image",
-              "first_layer_weights": "first-layer weights"}
-    data = totals.dropna(subset=[column]).astype({column: "int64"})[["model", "family", column]]
-    encoding = dict(
-        x=alt.X(f"{column}:Q", title=titles.get(column, column), axis=alt.Axis(format="~s"),
-                scale=alt.Scale(type="log") if log else alt.Scale()),
-        y=alt.Y("model:N", sort=None, title=None), color=alt.Color("family:N", title="family"),
-        tooltip=["model", alt.Tooltip(f"{column}:Q", format=",")])
-    if log:  # a log axis has no zero: bars start at 1 instead
-        encoding["x2"] = alt.datum(1)
-    # Streamlit's theme fits the whole chart (title, axes, legend) into `height`: leave room for them.
-    return alt.Chart(data, title=titles.get(column, column)).mark_bar().encode(**encoding).properties(
-        height=110 + 40 * len(data))
-
-
-def measured_chart(measured: pd.DataFrame, column: str) -> alt.Chart:
-    titles = {"seconds_per_epoch": "training seconds per epoch", "images_per_second": "inference images per second",
-              "peak_memory_mb": "peak memory (MB)"}
-    data = measured.dropna(subset=[column])
-    return alt.Chart(data, title=titles.get(column, column)).mark_bar().encode(
-        x=alt.X(f"{column}:Q", title=titles.get(column, column)), y=alt.Y("model:N", sort=None, title=None),
-        tooltip=["model", alt.Tooltip(f"{column}:Q", format=",.2f")],
-    ).properties(height=110 + 40 * len(data))
-
-
-def accuracy_chart(results: pd.DataFrame) -> alt.Chart:
-    """Train / val / test accuracy of the newest finished run of each model, side by side."""
-    newest = results.sort_values("created", ascending=False).drop_duplicates("model")
-    long = newest.melt(id_vars=["model", "run", "params"], value_vars=["train_acc", "val_acc", "test_acc"],
-                       var_name="split", value_name="accuracy").dropna()
-    long["split"] = long["split"].str.removesuffix("_acc")
-    return alt.Chart(long, title="accuracy of the newest finished run per model").mark_bar().encode(
-        x=alt.X("split:N", sort=["train", "val", "test"], title=None),
-        y=alt.Y("accuracy:Q", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("split:N", sort=["train", "val", "test"]), column=alt.Column("model:N", title=None),
-        tooltip=["model", "run", "split", alt.Tooltip("accuracy:Q", format=".1%"), alt.Tooltip("params:Q", format=",")],
-    ).properties(width=110, height=220)
-
-
-def translation_chart(sensitivity: pd.DataFrame) -> alt.Chart:
-    return alt.Chart(sensitivity, title="p(disease) as the image shifts").mark_line(point=True).encode(
-        x=alt.X("shift_px:Q", title="shift (pixels)", axis=alt.Axis(tickMinStep=1)),
-        y=alt.Y("prob:Q", title="predicted probability of disease", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("model:N", legend=alt.Legend(orient="bottom", columns=1, labelLimit=500)),
-        tooltip=["model", "shift_px", alt.Tooltip("prob:Q", format=".3f"), alt.Tooltip("change:Q", format="+.3f")],
-    ).properties(height=360 + 22 * sensitivity["model"].nunique())
-
-
-def batch_size_chart(timings: pd.DataFrame) -> alt.Chart:
-    """Seconds per epoch against batch size; powers of two marked, so a (missing) jump would show."""
-    line = alt.Chart(timings).mark_line(color="gray").encode(
-        x=alt.X("batch_size:Q", title="batch size", scale=alt.Scale(zero=False)),
-        y=alt.Y("seconds_per_epoch:Q", title="seconds per epoch", scale=alt.Scale(zero=True)))
-    points = alt.Chart(timings).mark_point(size=90, filled=True).encode(
-        x="batch_size:Q", y="seconds_per_epoch:Q",
-        shape=alt.Shape("power_of_two:N", title="power of two"), color=alt.Color("power_of_two:N", title="power of two"),
-        tooltip=["batch_size", "batches", alt.Tooltip("seconds_per_epoch:Q", format=".3f"),
-                 alt.Tooltip("images_per_second:Q", format=",.0f")])
-    return (line + points).properties(title="one training epoch at each batch size", height=360)

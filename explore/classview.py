@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import altair as alt
 import pandas as pd
 
 from explore.presets import PRESETS
@@ -115,34 +114,6 @@ def _axis_floor(runs: pd.DataFrame) -> float:
     """Both axes start at the same value (so the diagonal is at 45°): 0.4, or lower if a run scored lower."""
     lowest = min(runs.val_acc.min(), runs.test_acc.min()) if len(runs) else 0.4
     return max(0.0, min(0.4, float(lowest) - 0.05))
-
-
-def class_scatter(runs: pd.DataFrame, color: str = "model", projector: bool = False) -> alt.Chart:
-    """Val accuracy (site A) against test accuracy (site B), one dot per run, coloured by `color`
-    ("model" or "preset"), with the diagonal: dots below it lost accuracy at the other hospital."""
-    if color not in ("model", "preset", "session"):
-        raise ValueError(f"colour by model, preset or session, not {color!r}")
-    floor = _axis_floor(runs)
-    scale = alt.Scale(domain=[floor, 1.0])
-    size = 720 if projector else 460
-    diagonal = alt.Chart(pd.DataFrame({"a": [floor, 1.0]})).mark_line(
-        color="gray", strokeDash=[6, 4], strokeWidth=3 if projector else 1.5).encode(
-        x=alt.X("a:Q", scale=scale), y=alt.Y("a:Q", scale=scale))
-    label = alt.Chart(pd.DataFrame({"a": [floor + 0.62 * (1 - floor)], "text": ["same accuracy at both sites"]})).mark_text(
-        angle=315, dy=-12, color="gray", fontSize=20 if projector else 11).encode(
-        x=alt.X("a:Q", scale=scale), y=alt.Y("a:Q", scale=scale), text="text:N")
-    dots = alt.Chart(runs).mark_circle(size=420 if projector else 110, opacity=0.75).encode(
-        x=alt.X("val_acc:Q", title="val accuracy (site A, the training hospital)", scale=scale,
-                axis=alt.Axis(format="%")),
-        y=alt.Y("test_acc:Q", title="test accuracy (site B, another hospital)", scale=scale,
-                axis=alt.Axis(format="%")),
-        color=alt.Color(f"{color}:N", title=color),
-        tooltip=["session", "name", "model", "preset", alt.Tooltip("val_acc:Q", format=".1%"),
-                 alt.Tooltip("test_acc:Q", format=".1%"), "epochs", "image_size"])
-    chart = (diagonal + label + dots).properties(width=size, height=size)
-    fonts = (22, 26) if projector else (12, 14)
-    return chart.configure_axis(labelFontSize=fonts[0], titleFontSize=fonts[1]).configure_legend(
-        labelFontSize=fonts[0], titleFontSize=fonts[1], symbolSize=400 if projector else 100, labelLimit=420)
 
 
 def _run_name(root: str | Path, namespace: str, run_id: str) -> str:

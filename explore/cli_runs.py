@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from explore import compare
+from explore import charts, compare
 from explore.config import RunConfig
 from explore.data import DataError
 from explore.models import MODELS
@@ -178,12 +178,12 @@ def write_comparison(records: list, table, out: Path, fmt: str) -> list[str]:
     curve_rows = compare.curves(records)
     files = {out / "comparison.csv": compare.table_csv(table), out / "curves.csv": compare.table_csv(curve_rows)}
     if not curve_rows.empty:
-        if fmt not in compare.chart_formats():
-            raise ValueError(f"cannot write {fmt} charts here; available: {', '.join(compare.chart_formats())}")
-        charts = {f"curves-{m}": compare.curves_chart(curve_rows, m) for m in ("accuracy", "loss")}
+        if fmt not in charts.chart_formats():
+            raise ValueError(f"cannot write {fmt} charts here; available: {', '.join(charts.chart_formats())}")
+        drawn = {f"curves-{m}": charts.curves(curve_rows, m, by_run=True) for m in ("accuracy", "loss")}
         if (curve_rows.metric == report.LR_METRIC).any():
-            charts["learning-rate"] = report.lr_chart(curve_rows)
-        files |= {out / f"{name}.{fmt}": compare.chart_bytes(chart, fmt) for name, chart in charts.items()}
+            drawn["learning-rate"] = charts.learning_rate(curve_rows)
+        files |= {out / f"{name}.{fmt}": charts.chart_bytes(chart, fmt) for name, chart in drawn.items()}
     for path, data in files.items():
         path.write_bytes(data)
     return [str(path) for path in files]

@@ -13,16 +13,13 @@ Words used below:
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import io
 import itertools
 import json
-import math
 import re
 import zipfile
 from typing import Iterable
 
-import altair as alt
 import pandas as pd
 
 from explore.config import RunConfig, flatten
@@ -31,7 +28,6 @@ from explore.report import curves_frame
 from explore.store import ACTIVE_STATUSES, RunRecord, RunStore
 
 SPLITS = ("train", "val", "test", "train_dev")
-METRICS = {"loss": "loss", "accuracy": "acc"}
 # Settings that name or file a run rather than change what it learns: never "differences".
 LABEL_SETTINGS = ("name", "group")
 
@@ -188,29 +184,6 @@ def curves(records: list[RunRecord]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[columns]
 
 
-def curves_chart(curve_rows: pd.DataFrame, metric: str = "accuracy", splits: Iterable[str] = ("train", "val", "test"),
-                 title: str | None = None) -> alt.Chart:
-    """One colour per run, one dash style per split."""
-    data = curve_rows[(curve_rows["metric"] == metric) & curve_rows["split"].isin(list(splits))]
-    y = alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False))
-    if metric == "accuracy":
-        y = alt.Y("value:Q", title="accuracy", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False))
-    base = alt.Chart(data).encode(
-        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
-        y=y,
-        # tableau10: ten clearly different hues (the default theme's blues are hard to tell apart)
-        color=alt.Color("run:N", title="run", scale=alt.Scale(scheme="tableau10"),
-                        legend=alt.Legend(orient="bottom", columns=1, labelLimit=600)),
-        tooltip=["run", "split", "epoch", alt.Tooltip("value:Q", format=".4f")],
-    )
-    # Lines carry the dash style (so the split legend shows dashes); dots mark each epoch.
-    lines = base.mark_line().encode(strokeDash=alt.StrokeDash(
-        "split:N", title="split", sort=list(SPLITS), legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=2)))
-    dots = base.mark_circle(size=36)
-    # Streamlit's theme fits title, axes and the legend (one line per run) into `height`.
-    return (lines + dots).properties(title=title or f"{metric} per epoch", height=340 + 22 * data["run"].nunique())
-
-
 # ----- sweeps -----------------------------------------------------------------------------
 def parse_values(setting: str, text: str) -> list:
     """'1e-4, 3e-4 1e-3' → [0.0001, 0.0003, 0.001] (typed for the setting, duplicates dropped)."""
@@ -346,26 +319,6 @@ def sweep_results(records: list[RunRecord], settings: list[str]) -> pd.DataFrame
                                        "seconds_per_epoch", "status"])
 
 
-def sweep_chart(results: pd.DataFrame, settings: list[str], metric: str = "test_acc") -> alt.Chart:
-    """The final metric against the first swept value (log axis for rates), one line per second value."""
-    x_setting = settings[0]
-    data = results.dropna(subset=[metric])
-    positive = bool(len(data)) and bool((data[x_setting] > 0).all())
-    scale = alt.Scale(type="log") if x_setting in LOG_SCALE_SETTINGS and positive else alt.Scale(zero=False)
-    encoding = dict(
-        # on/off settings (batch norm) are two categories, not a number line
-        x=(alt.X(f"{x_setting}:N", title=SWEEP_SETTINGS[x_setting][0]) if SWEEP_SETTINGS[x_setting][1] is bool
-           else alt.X(f"{x_setting}:Q", title=SWEEP_SETTINGS[x_setting][0], scale=scale)),
-        y=alt.Y(f"{metric}:Q", title=metric.replace("_", " "), axis=alt.Axis(format="%"),
-                scale=alt.Scale(zero=False)),
-        tooltip=["run", *settings, alt.Tooltip(f"{metric}:Q", format=".3f")],
-    )
-    if len(settings) > 1:
-        encoding["color"] = alt.Color(f"{settings[1]}:N", title=SWEEP_SETTINGS[settings[1]][0])
-    return alt.Chart(data, title=f"{metric.replace('_', ' ')} against the {SWEEP_SETTINGS[x_setting][0]}").mark_line(
-        point=alt.OverlayMarkDef(size=80)).encode(**encoding).properties(height=360)
-
-
 # ----- repeats ----------------------------------------------------------------------------
 def repeat_configs(base: RunConfig, seeds: Iterable[int] = (0, 1, 2), group: str = "") -> list[RunConfig]:
     """The same config once per training seed (the data stay fixed: `data.seed` is not changed)."""
@@ -406,57 +359,9 @@ def repeat_curves(curve_rows: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def repeat_band_chart(band: pd.DataFrame, metric: str = "accuracy") -> alt.Chart:
-    """Mean curve per split with a ±1 std band."""
-    data = band[band["metric"] == metric]
-    fmt = "%" if metric == "accuracy" else ""
-    base = alt.Chart(data).encode(x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)),
-                                  color=alt.Color("split:N", sort=list(SPLITS)))
-    band_layer = base.mark_area(opacity=0.25).encode(y=alt.Y("low:Q", title=f"{metric} (mean ± std)",
-                                                             axis=alt.Axis(format=fmt), scale=alt.Scale(zero=False)),
-                                                     y2="high:Q")
-    line = base.mark_line(point=True).encode(y="mean:Q", tooltip=["split", "epoch", alt.Tooltip("mean:Q", format=".4f"),
-                                                                  alt.Tooltip("std:Q", format=".4f"), "n"])
-    return (band_layer + line).properties(title=f"{metric}: mean ± std over seeds", height=360)
-
-
-def repeats_chart(table: pd.DataFrame, metrics: Iterable[str] = RESULT_METRICS) -> alt.Chart:
-    """Each seed's final metric as a dot, and the mean ± std as a bar, per metric."""
-    long = table.melt(id_vars=["run"], value_vars=list(metrics), var_name="metric", value_name="value").dropna()
-    dots = alt.Chart(long).mark_circle(size=70, opacity=0.6).encode(
-        x=alt.X("value:Q", title="accuracy", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False)),
-        y=alt.Y("metric:N", title=None), tooltip=["run", "metric", alt.Tooltip("value:Q", format=".3f")])
-    spread = alt.Chart(long).mark_errorbar(extent="stdev", thickness=2).encode(
-        x=alt.X("value:Q"), y="metric:N")
-    mean = alt.Chart(long).mark_tick(color="black", thickness=2, size=18).encode(x="mean(value):Q", y="metric:N")
-    return (dots + spread + mean).properties(title="final metrics: each seed, mean and ±1 std", height=240)
-
-
 # ----- export and delete ------------------------------------------------------------------
 def table_csv(table: pd.DataFrame) -> bytes:
     return table.to_csv(index=False).encode()
-
-
-def chart_formats() -> list[str]:
-    """What a chart can be saved as here: PNG and SVG need the vl-convert-python package."""
-    rendered = ["png", "svg"] if importlib.util.find_spec("vl_convert") is not None else []
-    return rendered + ["html", "json"]
-
-
-MIME_TYPES = {"png": "image/png", "svg": "image/svg+xml", "html": "text/html", "json": "application/json"}
-
-
-def chart_bytes(chart: alt.Chart, fmt: str) -> bytes:
-    """The chart as PNG/SVG (rendered by vl-convert), a standalone HTML page, or its Vega-Lite JSON."""
-    if fmt not in chart_formats():
-        raise ValueError(f"cannot save a chart as {fmt!r} here; available: {', '.join(chart_formats())}"
-                         + ("" if fmt not in ("png", "svg") else " (PNG and SVG need: pip install vl-convert-python)"))
-    if fmt == "json":
-        return chart.to_json().encode()
-    buffer = io.BytesIO() if fmt == "png" else io.StringIO()
-    chart.save(buffer, format=fmt)
-    value = buffer.getvalue()
-    return value if isinstance(value, bytes) else value.encode()
 
 
 def run_zip(store: RunStore, run_id: str) -> bytes:

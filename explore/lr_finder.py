@@ -21,8 +21,6 @@ import math
 import sys
 from dataclasses import dataclass
 
-import altair as alt
-import pandas as pd
 import torch
 
 from explore.config import LOSSES, OPTIMIZERS, RunConfig
@@ -120,22 +118,6 @@ def steepest(points: list[dict]) -> float | None:
               for i in range(lowest)]
     i = min(range(len(slopes)), key=slopes.__getitem__)
     return points[i]["lr"]
-
-
-def chart(result: dict) -> alt.Chart:
-    """Loss against learning rate (log axis), with the suggested rate marked."""
-    frame = pd.DataFrame(result["points"], columns=["lr", "loss"])
-    line = alt.Chart(frame).mark_line().encode(
-        x=alt.X("lr:Q", title="learning rate", scale=alt.Scale(type="log"), axis=alt.Axis(format="~e")),
-        y=alt.Y("loss:Q", title="training loss (smoothed)", scale=alt.Scale(zero=False)),
-        tooltip=[alt.Tooltip("lr:Q", format=".2~e"), alt.Tooltip("loss:Q", format=".4f")])
-    layers = [line]
-    if result.get("suggested_lr"):
-        mark = pd.DataFrame({"lr": [result["suggested_lr"]], "label": [f"suggested {result['suggested_lr']:.1e}"]})
-        rule = alt.Chart(mark).mark_rule(color="#e45756", strokeDash=[4, 3]).encode(x="lr:Q")
-        text = alt.Chart(mark).mark_text(align="left", dx=4, dy=-110, color="#e45756").encode(x="lr:Q", text="label:N")
-        layers += [rule, text]
-    return alt.layer(*layers).properties(height=260, title="learning-rate range test")
 
 
 # ----- python -m explore lr-find ------------------------------------------------------------

@@ -34,7 +34,8 @@ from torch import nn
 from explore.attribution import LoadedRun, forward_order, load_run_dir, predict
 from explore.config import RunConfig
 from explore.data import DataError, Split
-from explore.metrics import auc, binary_report, positive_score, roc_curve
+from explore.metrics import auc, binary_report, positive_score
+from explore.report import roc_frame
 from explore.store import RunStore, StoreError
 
 SPLIT_TITLES = {
@@ -69,17 +70,28 @@ def internal_external(predictions: dict, threshold: float = 0.5) -> dict[str, di
     return out
 
 
-def roc_rows(predictions: dict) -> list[dict]:
-    """ROC curve points per split as rows {split, fpr, tpr, threshold} (for one overlaid chart)."""
-    rows = []
-    for name in ("val", "test"):
-        stored = predictions.get(name)
-        if stored is None or len(stored["labels"]) == 0:
-            continue
-        fpr, tpr, thresholds = roc_curve(stored["labels"].long() != 0, positive_score(stored["probs"].float()))
-        for f, t, th in zip(fpr.tolist(), tpr.tolist(), thresholds.tolist()):
-            rows.append({"split": SPLIT_TITLES[name], "fpr": f, "tpr": t, "threshold": min(th, 1.0)})
-    return rows
+def internal_external_rows(report: dict[str, dict]) -> list[dict]:
+    """`internal_external`'s splits as table rows: split, images, accuracy, AUC, sensitivity, specificity, prevalence."""
+    return [{"split": r["title"], "images": r["n"], "accuracy": r["acc"], "AUC": r["auc"], "sensitivity": r["sensitivity"],
+             "specificity": r["specificity"], "prevalence": r["prevalence"]}
+            for name, r in report.items() if name != "gap"]
+
+
+def error_levels(parts: dict) -> list[dict]:
+    """`decompose_run`'s levels as table rows: level, error."""
+    return [{"level": level["name"], "error": level["error"]} for level in parts["levels"]]
+
+
+def operating_points(report: dict[str, dict]) -> list[dict]:
+    """Where the chosen threshold sits on each ROC curve (val and test): {split, fpr, tpr} for `charts.roc`."""
+    return [{"split": r["title"], "fpr": 1 - r["specificity"], "tpr": r["sensitivity"]}
+            for name, r in report.items() if name in ("val", "test")
+            and r["specificity"] is not None and r["sensitivity"] is not None]
+
+
+def roc_points(predictions: dict):
+    """The val and test ROC curves (`report.roc_frame`, the app's one ROC), splits named by SPLIT_TITLES."""
+    return roc_frame(predictions, ("val", "test"), SPLIT_TITLES)
 
 
 # ----------------------------------------------------------------------------- error decomposition

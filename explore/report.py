@@ -1,14 +1,13 @@
-"""Tables and charts of one run (or a few) for the pages: curves, progress, final metrics, ROC.
+"""Tables of one run (or a few) for the pages: curves, progress, final metrics, ROC points.
 
 Plain functions of what the run store holds (epoch records, status.json, summary.json,
-predictions.pt), so tests and every page share them. Charts are Altair specs built from the
-long DataFrames here; no Streamlit.
+predictions.pt), so tests and every page share them. `explore.charts` draws the long
+DataFrames built here; no Streamlit.
 """
 from __future__ import annotations
 
 import math
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import torch
@@ -49,58 +48,6 @@ def curves_frame(records: list[dict], run_label: str | None = None) -> pd.DataFr
                     rows.append({"epoch": int(record["epoch"]), "split": split, "metric": metric,
                                  "value": float(value), "run": run_label or ""})
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
-
-
-def curves_chart(frame: pd.DataFrame, metric: str, height: int = 260) -> alt.Chart:
-    """Line chart of one metric over epochs.
-
-    One run: colour = split (train blue, val orange, test red). Several runs: colour = run and
-    the line style = split (train solid, val dashed, test dotted), so runs are easy to tell apart.
-    """
-    data = frame[frame["metric"] == metric].copy()
-    data["split"] = data["split"].map(lambda s: SPLIT_LABELS.get(s, s))
-    present = [SPLIT_LABELS[s] for s in SPLIT_ORDER if SPLIT_LABELS[s] in set(data["split"])]
-    y_axis = alt.Axis(format="%") if metric == "accuracy" else alt.Axis()
-    encodings = {
-        "x": alt.X("epoch:Q", title="epoch", axis=alt.Axis(format="d", tickMinStep=1)),
-        "y": alt.Y("value:Q", title=metric, axis=y_axis, scale=alt.Scale(zero=False)),
-        "tooltip": [alt.Tooltip("run:N"), alt.Tooltip("split:N"), alt.Tooltip("epoch:Q"),
-                    alt.Tooltip("value:Q", title=metric, format=".4f")],
-    }
-    several_runs = data["run"].nunique() > 1
-    if several_runs:
-        dashes = {SPLIT_LABELS[s]: d for s, d in zip(SPLIT_ORDER, ([1, 0], [2, 2], [6, 3], [1, 3]))}
-        encodings["color"] = alt.Color("run:N", title="run", scale=alt.Scale(scheme="tableau10"),
-                                       legend=alt.Legend(labelLimit=220))
-        encodings["strokeDash"] = alt.StrokeDash("split:N", title="split", sort=present, scale=alt.Scale(
-            domain=present, range=[dashes[p] for p in present]))
-    else:
-        colours = {SPLIT_LABELS[s]: SPLIT_COLOURS[s] for s in SPLIT_ORDER}
-        encodings["color"] = alt.Color("split:N", title="split", sort=present, scale=alt.Scale(
-            domain=present, range=[colours[p] for p in present]))
-    chart = alt.Chart(data).mark_line(point=not several_runs).encode(**encodings)
-    return chart.properties(height=height, title=f"{metric} per epoch")
-
-
-def lr_chart(frame: pd.DataFrame, height: int = 240) -> alt.Chart:
-    """The learning rate of every epoch, drawn under the loss curves (Train and Compare pages).
-
-    A step line on a log axis: StepLR shows its staircase, exponential decay a straight slope,
-    cosine a half wave. Takes either curves frame (report.curves_frame or compare.curves).
-    """
-    data = frame[frame["metric"] == LR_METRIC]
-    several_runs = data["run"].nunique() > 1
-    encodings = {
-        "x": alt.X("epoch:Q", title="epoch", axis=alt.Axis(format="d", tickMinStep=1)),
-        "y": alt.Y("value:Q", title="learning rate", scale=alt.Scale(type="log"), axis=alt.Axis(format="~e")),
-        "tooltip": [alt.Tooltip("run:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("value:Q", title="lr", format=".3~e")],
-    }
-    if several_runs:
-        encodings["color"] = alt.Color("run:N", title="run", scale=alt.Scale(scheme="tableau10"), legend=None)
-    else:
-        encodings["color"] = alt.value(SPLIT_COLOURS["train"])
-    chart = alt.Chart(data).mark_line(interpolate="step-after", point=True).encode(**encodings)
-    return chart.properties(height=height, title="learning rate per epoch")
 
 
 def progress(status: dict) -> tuple[float, str]:
@@ -200,35 +147,19 @@ def confusion_frame(confusion: list[list[int]], classes: list[str]) -> pd.DataFr
     return pd.DataFrame(rows, columns=["true", "predicted", "count", "share of true class"])
 
 
-def confusion_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
-    """Heatmap with the count written in each cell; colour = share of the true class."""
-    order = list(dict.fromkeys(frame["true"]))
-    cell_px = 80 if len(order) <= 2 else 56  # three classes fit the same column
-    base = alt.Chart(frame).encode(
-        x=alt.X("predicted:N", sort=order, title="predicted", axis=alt.Axis(labelAngle=0 if cell_px == 80 else -35)),
-        y=alt.Y("true:N", sort=order, title="true"),
-    )
-    cells = base.mark_rect().encode(
-        color=alt.Color("share of true class:Q", scale=alt.Scale(domain=[0, 1], scheme="blues"), legend=None),
-        tooltip=["true", "predicted", "count", alt.Tooltip("share of true class:Q", format=".1%")])
-    text = base.mark_text(fontSize=16).encode(
-        text="count:Q",
-        color=alt.condition(alt.datum["share of true class"] > 0.5, alt.value("white"), alt.value("black")))
-    # "pad": the natural size (80 × 52 px per cell), not squeezed to fit a narrow column.
-    return (cells + text).properties(title=title, width=alt.Step(cell_px), height=alt.Step(52 if cell_px == 80 else 40),
-                                     autosize=alt.AutoSizeParams(type="pad"))
+def roc_frame(predictions: dict[str, dict[str, torch.Tensor]], splits: tuple[str, ...] = ("val", "test"),
+              titles: dict[str, str] = SPLIT_LABELS) -> tuple[pd.DataFrame, dict[str, float | None]]:
+    """Stored predictions → (DataFrame(split, fpr, tpr, threshold), {split: AUC}): the one ROC of the app
+    (the Train page's and the Mismatch page's; `charts.roc` draws it).
 
-
-def roc_frame(predictions: dict[str, dict[str, torch.Tensor]],
-              splits: tuple[str, ...] = ("val", "test")) -> tuple[pd.DataFrame, dict[str, float | None]]:
-    """Stored predictions → (DataFrame(split, fpr, tpr, threshold), {split: AUC}).
-
-    The score is the probability of disease (not NORMAL); a split with one class only has
-    no ROC curve and AUC None.
+    The score is the probability of disease (not NORMAL); a split with one class only (or no
+    images) has no ROC curve and AUC None. The frame names a split by `titles` ("val (site A)").
     """
     frames, aucs = [], {}
     for split in splits:
         if split not in predictions:
+            continue
+        if len(predictions[split]["labels"]) == 0:
             continue
         labels = predictions[split]["labels"].long()
         score = positive_score(predictions[split]["probs"].float())
@@ -237,32 +168,11 @@ def roc_frame(predictions: dict[str, dict[str, torch.Tensor]],
         if aucs[split] is None:
             continue
         fpr, tpr, thresholds = roc_curve(is_positive, score)
-        frames.append(pd.DataFrame({"split": SPLIT_LABELS.get(split, split), "fpr": fpr.numpy(),
+        frames.append(pd.DataFrame({"split": titles.get(split, split), "fpr": fpr.numpy(),
                                     "tpr": tpr.numpy(), "threshold": thresholds.numpy()}))
     columns = ["split", "fpr", "tpr", "threshold"]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     return frame, aucs
-
-
-def roc_chart(frame: pd.DataFrame, aucs: dict[str, float | None]) -> alt.Chart:
-    """ROC curves per split with AUC in the legend, and the chance diagonal."""
-    data = frame.copy()
-    drawn = [s for s in SPLIT_ORDER if aucs.get(s) is not None]
-    names = {SPLIT_LABELS[s]: f"{SPLIT_LABELS[s]} · AUC {aucs[s]:.3f}" for s in drawn}
-    data["curve"] = data["split"].map(names)
-    colours = alt.Scale(domain=[names[SPLIT_LABELS[s]] for s in drawn], range=[SPLIT_COLOURS[s] for s in drawn])
-    data["threshold"] = data["threshold"].replace([float("inf")], None)
-    curves = alt.Chart(data).mark_line(interpolate="step-after").encode(
-        x=alt.X("fpr:Q", title="false-positive rate (1 − specificity)", scale=alt.Scale(domain=[0, 1])),
-        y=alt.Y("tpr:Q", title="true-positive rate (sensitivity)", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("curve:N", title=None, scale=colours,
-                        legend=alt.Legend(orient="bottom-right", fillColor="white", padding=6, labelLimit=300)),
-        tooltip=["split", alt.Tooltip("fpr:Q", format=".3f"), alt.Tooltip("tpr:Q", format=".3f"),
-                 alt.Tooltip("threshold:Q", format=".3f")],
-    )
-    chance = alt.Chart(pd.DataFrame({"fpr": [0, 1], "tpr": [0, 1]})).mark_line(
-        strokeDash=[4, 4], color="gray").encode(x="fpr:Q", y="tpr:Q")
-    return (chance + curves).properties(title="ROC curve (disease vs normal)", height=300)
 
 
 def _number(value) -> float:

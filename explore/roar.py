@@ -224,6 +224,13 @@ def roar_results(store, source_dir: str | Path) -> dict | None:
             "source_test_acc": start}
 
 
+def roar_points(results: dict) -> list[dict]:
+    """Test accuracy per method and fraction removed, as rows for `charts.roar` (runs not finished left out)."""
+    return [{"method": method, "fraction removed": fraction, "test accuracy": acc}
+            for method, entry in results["methods"].items()
+            for fraction, acc in zip(results["fractions"], entry["accuracy"]) if acc is not None]
+
+
 def roar_rows(results: dict) -> list[dict]:
     """One row per method for a table: test accuracy at each t, and the verdict against random."""
     rows = []

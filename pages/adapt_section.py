@@ -4,11 +4,11 @@ Not a page of its own; pages/mismatch.py calls `show_adaptation` after its other
 """
 from __future__ import annotations
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
 from explore import adapt as ad
+from explore import charts
 from explore.attribution import LoadedRun
 
 TITLES = {"bn": "AdaBN (BatchNorm statistics of the new hospital)", "finetune": "Few-shot fine-tuning",
@@ -59,13 +59,7 @@ def show_adaptation(loaded: LoadedRun, root: str, run_id: str, threshold: float,
     frame = result_rows(results)
     percent = {c: st.column_config.NumberColumn(format="percent") for c in ("accuracy", "sensitivity", "specificity")}
     st.dataframe(frame, hide_index=True, column_config=percent | {"AUC": st.column_config.NumberColumn(format="%.3f")})
-    st.altair_chart(alt.Chart(frame).mark_bar().encode(
-        x=alt.X("when:N", sort=["before", "after"], title=None, axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("accuracy:Q", axis=alt.Axis(format="%"), title="test accuracy"),
-        color=alt.Color("when:N", sort=["before", "after"], scale=alt.Scale(range=["#d62728", "#2ca02c"])),
-        column=alt.Column("fix:N", title=None, header=alt.Header(labelLimit=260)),
-        tooltip=["fix", "when", alt.Tooltip("accuracy:Q", format=".1%"), alt.Tooltip("AUC:Q", format=".3f")],
-    ).properties(width=170, height=220))
+    st.altair_chart(charts.adaptation(frame))
     for r in results:
         if "gap" in r:
             st.markdown(f"- {TITLES[r['method']]}: val − test accuracy gap **{r['gap']['before']['acc']:+.1%} → "

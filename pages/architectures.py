@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from explore import analysis
+from explore import analysis, charts
 from explore.device import Placement
 from explore.models import MODELS
 from pages.common import cached_bundle, current_data_spec, job_manager, run_store
@@ -40,8 +40,8 @@ st.dataframe(totals.drop(columns=["first_layer_formula", "family"]), hide_index=
     "first_layer_weights": st.column_config.NumberColumn("first-layer weights", format="localized")})
 log = st.toggle("Log scale", value=True)
 left, right = st.columns(2)
-left.altair_chart(analysis.cost_chart(totals, "params", log), width="stretch")
-right.altair_chart(analysis.cost_chart(totals, "macs", log), width="stretch")
+left.altair_chart(charts.model_cost(totals, "params", log), width="stretch")
+right.altair_chart(charts.model_cost(totals, "macs", log), width="stretch")
 st.caption("MACs = multiply-accumulates, counted by PyTorch (FlopCounterMode) while one image runs through the "
            "real module: a conv layer does H_out·W_out·C_out·C_in·k·k of them, a linear layer in·out. "
            "The ANN has many weights but uses each once; a CNN has few weights and reuses each at every pixel.")
@@ -86,7 +86,7 @@ if "arch_measured" in st.session_state:
                      "peak_memory_mb": st.column_config.NumberColumn("peak memory (MB)", format="%.0f")})
     cols = st.columns(3)
     for column, metric in zip(cols, ("seconds_per_epoch", "images_per_second", "peak_memory_mb")):
-        column.altair_chart(analysis.measured_chart(ok, metric), width="stretch")
+        column.altair_chart(charts.measured(ok, metric), width="stretch")
     if len(ok):
         first = ok.iloc[0]
         st.caption(f"Measured on {first.device} at {first.image_size} px, batch {first.batch_size}, "
@@ -102,7 +102,7 @@ if results.empty:
     st.info("No finished runs of these architectures yet: queue the presets **HW3 · ANN vs CNN** and "
             "**HW3 · global average pooling** on the Train page, then come back.")
 else:
-    st.altair_chart(analysis.accuracy_chart(results))
+    st.altair_chart(charts.model_accuracy(results))
     st.dataframe(results.drop(columns=["created"]), hide_index=True, width="stretch", column_config={
         c: st.column_config.NumberColumn(c.replace("_", " "), format="percent")
         for c in ("train_acc", "val_acc", "test_acc")} | {"params": st.column_config.NumberColumn(format="localized")})
@@ -141,7 +141,7 @@ if "arch_shift" in st.session_state:
     picked = st.session_state["arch_shift"]
     left.image(cached_bundle(picked["spec"]).test.images[picked["index"], 0].numpy(),
                caption=f"test image {picked['index']} (unshifted)", width="stretch")
-    right.altair_chart(analysis.translation_chart(shifted), width="stretch")
+    right.altair_chart(charts.translation(shifted), width="stretch")
     st.dataframe(analysis.translation_summary(shifted), hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(c.replace("_", " "), format="%.3f")
                                 for c in ("prob_unshifted", "largest_change", "prob_range")})
@@ -169,5 +169,5 @@ if st.button("Time one epoch at each batch size", disabled=not batch_sizes):
             st.error(f"Timing failed: {error}")
 if "arch_batches" in st.session_state:
     timings = pd.DataFrame(st.session_state["arch_batches"])
-    st.altair_chart(analysis.batch_size_chart(timings), width="stretch")
+    st.altair_chart(charts.batch_size(timings), width="stretch")
     st.caption(f"Measured on {timings.device.iloc[0]}; each point is the fastest of two epochs after a warm-up.")

@@ -3,7 +3,7 @@ import time
 
 import streamlit as st
 
-from explore import compare, report
+from explore import charts, compare, report
 from explore.store import StoreError
 from pages.common import job_manager, queue_runs, run_store, status_badge
 
@@ -13,10 +13,10 @@ store = run_store()
 
 def chart_downloads(chart, stem: str, key: str) -> None:
     """One download button per format this machine can write (PNG/SVG need vl-convert-python)."""
-    formats = compare.chart_formats()
+    formats = charts.chart_formats()
     for column, fmt in zip(st.columns(len(formats)), formats):
-        column.download_button(fmt.upper(), data=lambda fmt=fmt: compare.chart_bytes(chart, fmt),
-                               file_name=f"{stem}.{fmt}", mime=compare.MIME_TYPES[fmt], key=f"{key}-{fmt}",
+        column.download_button(fmt.upper(), data=lambda fmt=fmt: charts.chart_bytes(chart, fmt),
+                               file_name=f"{stem}.{fmt}", mime=charts.MIME_TYPES[fmt], key=f"{key}-{fmt}",
                                on_click="ignore", width="stretch")
     if "png" not in formats:
         st.caption("PNG and SVG need the vl-convert-python package; HTML and the Vega-Lite JSON always work.")
@@ -66,11 +66,11 @@ if curve_rows.empty:
 else:
     for column, metric in zip(st.columns(2), ("accuracy", "loss")):
         with column:
-            chart = compare.curves_chart(curve_rows, metric, splits or ["val"])
+            chart = charts.curves(curve_rows, metric, splits or ["val"], by_run=True)
             st.altair_chart(chart, width="stretch")
             if metric == "loss" and (curve_rows.metric == report.LR_METRIC).any():
                 # the rate under the loss: StepLR's staircase lines up with the drops in the loss
-                st.altair_chart(report.lr_chart(curve_rows), width="stretch")
+                st.altair_chart(charts.learning_rate(curve_rows), width="stretch")
             with st.popover(f"Save the {metric} chart"):
                 chart_downloads(chart, f"{metric}-curves", f"curves-{metric}")
     st.caption("One colour per run, one dash style per split. Train accuracy is measured while training "
@@ -156,7 +156,7 @@ with sweep_tab:
             st.progress(done / max(len(results), 1), text=f"{done} of {len(results)} runs finished")
             if done:
                 metric = st.radio("Metric", compare.RESULT_METRICS, index=2, horizontal=True, key="sweep_metric")
-                chart = compare.sweep_chart(results, swept[:2], metric)
+                chart = charts.sweep(results, swept[:2], metric)
                 st.altair_chart(chart, width="stretch")
                 with st.popover("Save the sweep chart"):
                     chart_downloads(chart, f"{watched}-{metric}", "sweep-chart")
@@ -190,9 +190,9 @@ with repeat_tab:
             if done:
                 st.markdown(compare.describe_repeats(summary))
                 left, right = st.columns(2)
-                left.altair_chart(compare.repeats_chart(results[results.status == "finished"]), width="stretch")
+                left.altair_chart(charts.repeats(results[results.status == "finished"]), width="stretch")
                 band = compare.repeat_curves(compare.curves([m for m in members if m.state == "finished"]))
-                right.altair_chart(compare.repeat_band_chart(band, "accuracy"), width="stretch")
+                right.altair_chart(charts.repeat_band(band, "accuracy"), width="stretch")
 
         repeat_progress()
 

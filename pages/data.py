@@ -6,10 +6,9 @@ chosen DataSpec goes to st.session_state["data_spec"], which every other page re
 import os
 from dataclasses import replace
 
-import altair as alt
 import streamlit as st
 
-from explore import report
+from explore import charts, report
 from explore.data import IMAGE_SIZES, DataError, DataSpec, parse_source, stats
 from explore.data.folder import default_cache_dir, load_folder
 from explore.data.synthetic import KNOBS, SHIFT_KNOBS, no_shift_knobs, render_patient_at_sites
@@ -252,20 +251,10 @@ with count_col:
     st.subheader("Class counts")
     st.dataframe(counts.pivot(index="class", columns="split", values="count").reindex(
         index=list(bundle.classes), columns=list(bundle.splits)))
-    st.altair_chart(alt.Chart(counts).mark_bar().encode(
-        x=alt.X("split:N", sort=list(bundle.splits), title=None, axis=alt.Axis(labelAngle=0)),
-        xOffset=alt.XOffset("class:N", sort=list(bundle.classes)), y="count:Q",
-        color=alt.Color("class:N", sort=list(bundle.classes)), tooltip=["split", "class", "count"],
-    ).properties(height=220), width="stretch")
+    st.altair_chart(charts.class_counts(counts, list(bundle.splits), list(bundle.classes)), width="stretch")
 with hist_col:
     st.subheader("Pixel intensities")
-    histograms = stats.intensity_histograms(bundle, bins=64)
-    histograms["group"] = histograms["split"] + " · site " + histograms["site"]
-    st.altair_chart(alt.Chart(histograms).mark_line().encode(
-        x=alt.X("intensity_bin:Q", title="grey level (0 black … 255 white)"),
-        y=alt.Y("density:Q", title="share of pixels"), color=alt.Color("group:N", title="split · site"),
-        tooltip=["split", "site", "intensity_bin", alt.Tooltip("density:Q", format=".4f")],
-    ).properties(height=300), width="stretch")
+    st.altair_chart(charts.intensity_histograms(stats.intensity_histograms(bundle, bins=64)), width="stretch")
     st.caption("A site with brighter, greyer or noisier images shifts this curve before any model is trained.")
 
 if bundle.selection:  # the public sets: how CSV rows became images, and the real shortcuts
@@ -278,11 +267,7 @@ sizes = stats.original_size_table(bundle)
 size_col, scatter_col = st.columns([3, 2], gap="large")
 size_col.dataframe(report.size_summary(sizes), hide_index=True)
 size_col.caption("Every image is resized to a square: an aspect ratio far from 1 means it was stretched.")
-scatter_col.altair_chart(alt.Chart(sizes).mark_circle(opacity=0.5).encode(
-    x=alt.X("width:Q", title="original width (px)"), y=alt.Y("height:Q", title="original height (px)"),
-    color="class:N", shape="split:N", tooltip=["split", "class", "width", "height",
-                                               alt.Tooltip("aspect:Q", format=".2f")]).properties(height=260),
-    width="stretch")
+scatter_col.altair_chart(charts.original_sizes(sizes), width="stretch")
 
 st.subheader("Mean images")
 means = stats.mean_images(bundle)

@@ -5,7 +5,7 @@ Everything shown comes from explore.classview and the job manager's overview().
 """
 import streamlit as st
 
-from explore import classview
+from explore import charts, classview
 from explore.settings import instructor_allowed
 from explore.store import default_runs_root
 from pages.common import app_settings, job_manager
@@ -52,7 +52,7 @@ def class_results() -> None:
     if runs.empty:
         st.info("No finished runs yet. Runs appear here, one dot each, as soon as a student's run finishes.")
         return
-    st.altair_chart(classview.class_scatter(runs, color=colour, projector=projector), width="content")
+    st.altair_chart(charts.class_scatter(runs, color=colour, projector=projector), width="content")
     st.caption(f"One dot per finished run; {summary['below_diagonal']} of {summary['runs']} lie below the diagonal: "
                "more accurate on the training hospital's images (site A) than on another hospital's (site B).")
 

@@ -1,9 +1,9 @@
 """Mismatch: the model scores ~95% on val but less on test, because test comes from another hospital. Why?"""
-import altair as alt
 import pandas as pd
 import streamlit as st
 
 from explore import attribution as attr
+from explore import charts
 from explore import mismatch as mm
 from explore.data import DataError
 from explore.device import Placement
@@ -24,7 +24,6 @@ labels = {record.run_id: attr.run_label(record) for record in runs}
 run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="mismatch_run")
 DEVICE = Placement.choose("auto").device
 ROOT = str(store.root)
-SOURCE_COLOURS = ["#1f77b4", "#d62728"]  # val / site A blue, test / site B red, in every chart
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the run and its data…")
@@ -65,26 +64,16 @@ st.header("1 · The same model on both hospitals")
 threshold = st.slider("Decision threshold: call PNEUMONIA when P(disease) ≥", 0.05, 0.95, 0.5, 0.05,
                       key="mismatch_threshold")
 report = mm.internal_external(loaded.predictions, threshold)
-table = pd.DataFrame([{"split": r["title"], "images": r["n"], "accuracy": r["acc"], "AUC": r["auc"],
-                       "sensitivity": r["sensitivity"], "specificity": r["specificity"], "prevalence": r["prevalence"]}
-                      for name, r in report.items() if name != "gap"])
+table = pd.DataFrame(mm.internal_external_rows(report))
 st.dataframe(table, hide_index=True, column_config={
     c: st.column_config.NumberColumn(format="percent") for c in ("accuracy", "sensitivity", "specificity", "prevalence")}
     | {"AUC": st.column_config.NumberColumn(format="%.3f")})
 if "gap" in report:
     st.metric("Val − test accuracy", f"{report['gap']['acc']:+.1%}",
               help="How much worse the model does on the other hospital's images at this threshold")
-roc = pd.DataFrame(mm.roc_rows(loaded.predictions))
-points = pd.DataFrame([{"split": r["title"], "fpr": 1 - r["specificity"], "tpr": r["sensitivity"]}
-                       for name, r in report.items() if name in ("val", "test")
-                       and r["specificity"] is not None and r["sensitivity"] is not None])
-sources = alt.Color("split:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=400),
-                    scale=alt.Scale(domain=[mm.SPLIT_TITLES["val"], mm.SPLIT_TITLES["test"]], range=SOURCE_COLOURS))
-curves = alt.Chart(roc).mark_line().encode(x=alt.X("fpr:Q", title="false-positive rate (1 − specificity)"),
-                                           y=alt.Y("tpr:Q", title="true-positive rate (sensitivity)"), color=sources)
-marks = alt.Chart(points).mark_point(size=90, filled=True).encode(x="fpr:Q", y="tpr:Q", color=sources,
-                                                                   tooltip=["split", "fpr", "tpr"])
-st.altair_chart((curves + marks).properties(height=340, title="ROC curves; dots: the chosen threshold"))
+roc, aucs = mm.roc_points(loaded.predictions)
+st.altair_chart(charts.roc(roc, aucs, pd.DataFrame(mm.operating_points(report)), titles=mm.SPLIT_TITLES, height=340,
+                           title="ROC curves; dots: the chosen threshold", legend_below=True))
 
 # ----- 2. error decomposition
 st.header("2 · Which kind of error? (bias and variance with mismatched data)")
@@ -95,15 +84,10 @@ try:
 except ValueError as error:
     st.error(str(error))
     st.stop()
-levels = pd.DataFrame([{"level": level["name"], "error": level["error"]} for level in parts["levels"]])
-components = pd.DataFrame([{"component": c["name"], "value": c["value"]} for c in parts["components"]])
+levels = pd.DataFrame(mm.error_levels(parts))
 left, right = st.columns([2, 3])
 left.dataframe(levels, hide_index=True, column_config={"error": st.column_config.NumberColumn(format="percent")})
-right.altair_chart(alt.Chart(components).mark_bar().encode(
-    x=alt.X("value:Q", title="share of images (error)", axis=alt.Axis(format="%")),
-    y=alt.Y("component:N", sort=None, title=None),
-    color=alt.condition("datum.value >= 0", alt.value("#d62728"), alt.value("#1f77b4")),
-    tooltip=["component", alt.Tooltip("value:Q", format=".1%")]).properties(height=180))
+right.altair_chart(charts.error_components(parts["components"]))
 for c in parts["components"]:
     st.markdown(f"- **{c['name']}** ({c['from']} → {c['to']}): **{c['value']:+.1%}**. {c['meaning']}.")
 st.caption(f"Human error + the components = test error ({parts['test_error']:.1%}). Train error: "
@@ -139,16 +123,9 @@ if st.toggle("Project the penultimate-layer features onto 2 principal components
     except ValueError as error:
         st.error(str(error))
     else:
-        frame = pd.DataFrame(projected["rows"])
-        explained = projected["explained"]
-        base = alt.Chart(frame).mark_circle(size=35, opacity=0.7).encode(
-            x=alt.X("pc1:Q", title=f"PC1 ({explained[0]:.0%} of variance)"),
-            y=alt.Y("pc2:Q", title=f"PC2 ({explained[1]:.0%})"), tooltip=["id", "source", "class"]).properties(height=300)
         left, right = st.columns(2)
-        by_source = alt.Color("split:N", title="source", scale=alt.Scale(domain=["val", "test"], range=SOURCE_COLOURS))
-        left.altair_chart(base.encode(color=by_source).properties(title="by source (val = site A, test = site B)"))
-        right.altair_chart(base.encode(color=alt.Color("class:N", title="class", scale=alt.Scale(scheme="dark2")))
-                           .properties(title="by class"))
+        left.altair_chart(charts.feature_pca(projected, "split"))
+        right.altair_chart(charts.feature_pca(projected, "class"))
         st.caption(f"{projected['dims']} features from the input of the last Linear layer. Separate clouds by source "
                    "mean the model represents the two hospitals differently, whatever the diagnosis.")
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
+from explore import charts
 from explore.data import DataBundle, DataError, real_pair
 from explore.data.metadata import TABULATED, label_table
 from explore.data.xrv import XRV_DATASETS, package_data_dir
@@ -80,20 +80,12 @@ def show_label_vs_metadata(bundle: DataBundle) -> None:
     for tab, column in zip(st.tabs([COLUMN_TITLES[c] for c in columns]), columns):
         with tab:
             rows = pd.DataFrame(label_table(bundle, column))
-            shares = rows.melt(id_vars="value", value_vars=[f"share_of_{c}" for c in bundle.classes],
-                               var_name="class", value_name="share")
-            shares["class"] = shares["class"].str.removeprefix("share_of_")
             table_col, chart_col = st.columns([1, 1], gap="large")
             table_col.dataframe(rows.rename(columns={"value": COLUMN_TITLES[column]}), hide_index=True,
                                 column_config={f"share_of_{c}": st.column_config.NumberColumn(
                                     f"share of {c}", format="percent") for c in bundle.classes})
-            chart_col.altair_chart(alt.Chart(shares).mark_bar().encode(
-                x=alt.X("value:N", title=COLUMN_TITLES[column], sort=list(rows["value"]), axis=alt.Axis(labelAngle=0)),
-                xOffset=alt.XOffset("class:N", sort=list(bundle.classes)),
-                y=alt.Y("share:Q", axis=alt.Axis(format="%"), title="share of the class"),
-                color=alt.Color("class:N", sort=list(bundle.classes)),
-                tooltip=["value", "class", alt.Tooltip("share:Q", format=".1%")],
-            ).properties(height=240), width="stretch")
+            chart_col.altair_chart(charts.label_shares(label_table(bundle, column), list(bundle.classes),
+                                                       COLUMN_TITLES[column]), width="stretch")
             if WHY[column]:
                 st.caption(WHY[column])
 

@@ -1,9 +1,9 @@
 """Saliency: where does a trained model look, on its own hospital's X-rays (val) and on another's (test)?"""
-import altair as alt
 import pandas as pd
 import streamlit as st
 
 from explore import attribution as attr
+from explore import charts
 from explore.data import DataError
 from explore.device import Placement
 from explore.store import RunStore, StoreError
@@ -148,16 +148,7 @@ if st.toggle("Measure all four methods on val and test", key="saliency_shares"):
         "area": percent("area of the image", format="percent"),
         "val_share": percent("share on val (site A)", format="percent"),
         "test_share": percent("share on test (site B)", format="percent")})
-    frame = pd.DataFrame([r for r in rows if r["share"] is not None])
-    frame["method"] = frame["method"].map(lambda m: attr.METHODS[m].title)
-    chart = alt.Chart(frame, title="Share of positive attribution per region").mark_bar().encode(
-        x=alt.X("split:N", title=None, sort=["val", "test"]), y=alt.Y("share:Q", title=None, axis=alt.Axis(format="%")),
-        color=alt.Color("split:N", title="split", scale=alt.Scale(domain=["val", "test"], range=["#1f77b4", "#d62728"])),
-        column=alt.Column("region:N", title=None),
-        row=alt.Row("method:N", title=None), tooltip=["method", "region", "split", alt.Tooltip("share:Q", format=".1%"),
-                                                      alt.Tooltip("area:Q", format=".1%")],
-    ).properties(width=60, height=90)
-    st.altair_chart(chart)
+    st.altair_chart(charts.region_shares(rows, {name: m.title for name, m in attr.METHODS.items()}))
     for sentence in attr.describe_shares(rows):
         st.markdown(f"- {sentence}")
 
@@ -170,9 +161,7 @@ if st.toggle(f"Run the randomisation test for {attr.METHODS[method].title}", key
     for image, pictures in enumerate(result["pictures"]):
         st.image(pictures, width=130, caption=["trained model"] + [
             f"top {s['layers']} layer(s) random · ρ = {s['spearman'][image]:.2f}" for s in result["stages"]])
-    curve = pd.DataFrame({"layers randomised (from the top)": [0] + [s["layers"] for s in result["stages"]],
-                          "Spearman ρ": [1.0] + [s["spearman_mean"] for s in result["stages"]]})
-    st.line_chart(curve, x="layers randomised (from the top)", y="Spearman ρ", height=220)
+    st.altair_chart(charts.randomisation(result["stages"]), width="stretch")
     st.caption("ρ: Spearman rank correlation of |map| with the trained model's |map| (1 = same ranking of pixels; "
                "the curve averages the images above).")
     if result["warning"]:

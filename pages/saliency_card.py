@@ -5,11 +5,11 @@ the run folder, shown from that file on every later visit.
 """
 from __future__ import annotations
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
 from explore import attribution as attr
+from explore import charts
 from explore import explain_report as report_card
 from explore import roar
 from explore.store import RunStore, StoreError
@@ -51,17 +51,7 @@ def show_card(report: dict) -> None:
         st.markdown(f"- {sentence}")
     with st.expander("The numbers behind the verdicts"):
         st.dataframe(pd.DataFrame(report_card.numbers_rows(report)), hide_index=True)
-    frame = pd.DataFrame(report_card.curve_rows(report))
-    dashed = alt.condition(alt.datum.method == "random order", alt.value([4, 4]), alt.value([0]))
-    chart = alt.Chart(frame).mark_line(point=True).encode(
-        x=alt.X("fraction:Q", title="share of pixels removed / revealed", axis=alt.Axis(format="%")),
-        y=alt.Y("score:Q", title="P(explained class)", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("method:N", title=None), strokeDash=dashed,
-        column=alt.Column("curve:N", title=None, sort=["deletion", "insertion"]),
-        row=alt.Row("split:N", title=None, sort=["val", "test"]),
-        tooltip=["split", "curve", "method", alt.Tooltip("fraction:Q", format=".0%"), alt.Tooltip("score:Q", format=".2f")],
-    ).properties(width=300, height=180)
-    st.altair_chart(chart)
+    st.altair_chart(charts.deletion_insertion(report_card.curve_rows(report)))
     st.caption("Deletion: most-attributed pixels removed first: a faithful map makes the score fall fast (below "
                "the dashed random order). Insertion: most-attributed pixels revealed first: the score should rise fast.")
 
@@ -140,17 +130,7 @@ def show_roar(results: dict) -> None:
     with st.container(key="roar_table"):
         st.dataframe(frame, hide_index=True)
     st.markdown(f"- {roar.roar_sentence(results)}")
-    points = [{"method": method, "fraction removed": fraction, "test accuracy": acc}
-              for method, entry in results["methods"].items()
-              for fraction, acc in zip(results["fractions"], entry["accuracy"]) if acc is not None]
-    dashed = alt.condition(alt.datum.method == roar.RANDOM, alt.value([4, 4]), alt.value([0]))
-    chart = alt.Chart(pd.DataFrame(points)).mark_line(point=True).encode(
-        x=alt.X("fraction removed:Q", axis=alt.Axis(format="%")),
-        y=alt.Y("test accuracy:Q", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("method:N", title=None), strokeDash=dashed,
-        tooltip=["method", alt.Tooltip("fraction removed:Q", format=".0%"), alt.Tooltip("test accuracy:Q", format=".3f")],
-    ).properties(width=360, height=220)
-    st.altair_chart(chart)
+    st.altair_chart(charts.roar(roar.roar_points(results), roar.RANDOM))
 
 
 def card_section(store: RunStore, run_id: str, loaded, device) -> None:

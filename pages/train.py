@@ -10,7 +10,7 @@ from dataclasses import replace
 import streamlit as st
 import torch
 
-from explore import report
+from explore import charts, report
 from explore.config import PRECISIONS, RunConfig
 from explore.models import MODELS
 from explore.presets import PRESETS, at_image_size
@@ -197,7 +197,7 @@ def lr_finder_panel(build, clicked: bool) -> None:
         return
     with st.expander(f"🔎 Learning-rate range test ({result['for']})", expanded=True):
         chart_col, text_col = st.columns([3, 2])
-        chart_col.altair_chart(lr_finder.chart(result), width="stretch")
+        chart_col.altair_chart(charts.lr_range_test(result), width="stretch")
         suggested = result["suggested_lr"]
         text_col.markdown(f"**Suggested learning rate: {suggested:.1e}** — {result['rule']}."
                           + (f"  \nSteepest descent at {result['steepest_lr']:.1e}." if result["steepest_lr"] else ""))
@@ -318,8 +318,8 @@ def curves_spec(root: str, run_ids: tuple[str, ...], epochs_so_far: tuple[int, .
     store_here = RunStore(root)  # root is this session's own runs folder
     records = [store_here.load(run_id) for run_id in run_ids]
     if metric == report.LR_METRIC:  # under the loss curves: StepLR's staircase, cosine's half wave
-        return report.lr_chart(report.curves_for(records)).to_dict()
-    return report.curves_chart(report.curves_for(records), metric).to_dict()
+        return charts.learning_rate(report.curves_for(records)).to_dict()
+    return charts.curves(report.curves_for(records), metric).to_dict()
 
 
 def final_results(record) -> None:
@@ -345,12 +345,12 @@ def final_results(record) -> None:
         if split in summary["splits"]:
             frame = report.confusion_frame(summary["splits"][split]["confusion"], classes)
             with col:
-                st.altair_chart(report.confusion_chart(frame, f"confusion · {report.SPLIT_LABELS[split]}"),
+                st.altair_chart(charts.confusion(frame, f"confusion · {report.SPLIT_LABELS[split]}"),
                                 width="content")
                 cell_buttons(record.run_id, split, summary["splits"][split]["confusion"], classes)
     try:
         roc, aucs = report.roc_frame(store.load_predictions(record.run_id))
-        matrix_cols[2].altair_chart(report.roc_chart(roc, aucs), width="stretch")
+        matrix_cols[2].altair_chart(charts.roc(roc, aucs), width="stretch")
     except StoreError as error:
         matrix_cols[2].caption(f"No ROC curve: {error}")
     cell_images(record)

@@ -7,7 +7,7 @@ import time
 
 import streamlit as st
 
-from explore import compare, report, transfer
+from explore import charts, compare, report, transfer
 from explore.data import IMAGE_SIZES
 from explore.models import TRANSFER_MODELS
 from pages.common import current_data_spec, queue_runs, run_store, status_badge
@@ -97,7 +97,7 @@ def group_view(group: str, was_active: bool) -> None:
     curves = compare.curves(records)
     if not curves.empty:
         for column, metric in zip(st.columns(2), ("accuracy", "loss")):
-            column.altair_chart(compare.curves_chart(curves, metric), width="stretch")
+            column.altair_chart(charts.curves(curves, metric, by_run=True), width="stretch")
     st.subheader("The course's comparison, with these runs' numbers")
     st.dataframe(transfer.comparison_table(records), width="stretch")
     st.caption("Val is site A (same hospital as training), test is site B: a val − test gap is the site shift, "

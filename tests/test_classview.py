@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 import pages.common
 from conftest import make_bundle
-from explore import classview
+from explore import charts, classview
 from explore.config import RunConfig
 from explore.data import DataSpec
 from explore.jobs import JobManager
@@ -86,16 +86,16 @@ def test_summary_counts_runs_below_the_diagonal(two_sessions):
 
 def test_scatter_has_the_diagonal_and_colours_by_the_choice(two_sessions):
     runs = classview.class_runs(two_sessions[0])
-    spec = classview.class_scatter(runs, color="preset").to_dict()
+    spec = charts.class_scatter(runs, color="preset").to_dict()
     marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in spec["layer"]]
     assert marks == ["line", "text", "circle"]
     dots = spec["layer"][2]["encoding"]
     assert dots["x"]["field"] == "val_acc" and dots["y"]["field"] == "test_acc" and dots["color"]["field"] == "preset"
     assert dots["x"]["scale"]["domain"] == dots["y"]["scale"]["domain"] == spec["layer"][0]["encoding"]["x"]["scale"]["domain"]
-    normal, big = spec, classview.class_scatter(runs, projector=True).to_dict()
+    normal, big = spec, charts.class_scatter(runs, projector=True).to_dict()
     assert big["width"] > normal["width"] and big["config"]["axis"]["labelFontSize"] > normal["config"]["axis"]["labelFontSize"]
     with pytest.raises(ValueError):
-        classview.class_scatter(runs, color="session_id")
+        charts.class_scatter(runs, color="session_id")
 
 
 def test_server_memory_counts_this_process():

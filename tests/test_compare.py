@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_bundle
-from explore import compare
+from explore import charts, compare
 from explore.config import RunConfig
 from explore.data import DataSpec
 from explore.jobs import JobManager
@@ -93,7 +93,7 @@ def test_curves_are_one_row_per_run_epoch_split_metric(store):
     assert rows[rows.metric == "learning rate"].value.tolist() == [1e-3, 1e-3]
     val = rows[(rows.split == "val") & (rows.metric == "accuracy")]
     assert val.value.tolist() == [0.5, 0.8] and val.epoch.tolist() == [1, 2]
-    chart = compare.curves_chart(rows, "accuracy", ["val"])
+    chart = charts.curves(rows, "accuracy", ["val"], by_run=True)
     assert len(chart.data) == 2
 
 
@@ -153,7 +153,7 @@ def test_sweep_2x2_trains_four_runs_in_one_group(store, monkeypatch):
     assert results.test_acc.between(0, 1).all() and (results.epochs == 1).all()
     table = compare.comparison_table(members)
     assert {"lr", "batch_size"} <= set(table.columns) and "model" not in table.columns
-    chart = compare.sweep_chart(results, ["lr", "batch_size"], "test_acc")
+    chart = charts.sweep(results, ["lr", "batch_size"], "test_acc")
     assert chart.to_dict()["encoding"]["x"]["scale"]["type"] == "log"
 
 
@@ -197,15 +197,15 @@ def test_table_csv_round_trips(store):
 def test_chart_export_formats():
     rows = pd.DataFrame({"run": ["a", "a"], "epoch": [1, 2], "split": ["val"] * 2, "metric": ["accuracy"] * 2,
                          "value": [0.5, 0.7], "run_id": ["x", "x"]})
-    chart = compare.curves_chart(rows)
-    spec = json.loads(compare.chart_bytes(chart, "json"))
+    chart = charts.curves(rows, "accuracy", by_run=True)
+    spec = json.loads(charts.chart_bytes(chart, "json"))
     assert spec["$schema"].startswith("https://vega.github.io/schema/vega-lite")
-    assert b"<html" in compare.chart_bytes(chart, "html").lower()
-    if "svg" in compare.chart_formats():
-        assert compare.chart_bytes(chart, "svg").lstrip().startswith(b"<svg")
-        assert compare.chart_bytes(chart, "png").startswith(b"\x89PNG")
+    assert b"<html" in charts.chart_bytes(chart, "html").lower()
+    if "svg" in charts.chart_formats():
+        assert charts.chart_bytes(chart, "svg").lstrip().startswith(b"<svg")
+        assert charts.chart_bytes(chart, "png").startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="cannot save"):
-        compare.chart_bytes(chart, "gif")
+        charts.chart_bytes(chart, "gif")
 
 
 def test_delete_refuses_active_runs(store):

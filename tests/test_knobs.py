@@ -2,7 +2,7 @@
 import pytest
 from torch import nn
 
-from explore import analysis, compare
+from explore import analysis, charts, compare
 from explore.config import RunConfig
 from explore.models import MODELS, build_model, count_parameters
 from explore.train_cli import build_parser, configs_from_args
@@ -101,5 +101,5 @@ def test_a_batch_norm_sweep_charts_on_and_off_as_categories():
     import pandas as pd
 
     results = pd.DataFrame({"run": ["a", "b"], "batch_norm": [False, True], "test_acc": [0.7, 0.8]})
-    spec = compare.sweep_chart(results, ["batch_norm"]).to_dict()
+    spec = charts.sweep(results, ["batch_norm"]).to_dict()
     assert spec["encoding"]["x"]["type"] == "nominal"

@@ -82,8 +82,14 @@ def test_threshold_report_moves_sensitivity_and_specificity():
     report = M.internal_external(predictions, 0.5)
     assert report["val"]["acc"] == pytest.approx(4 / 6) and report["test"]["acc"] == pytest.approx(2 / 6)
     assert report["gap"]["acc"] == pytest.approx(2 / 6)
-    rows = M.roc_rows(predictions)
-    assert {r["split"] for r in rows} == {M.SPLIT_TITLES["val"], M.SPLIT_TITLES["test"]}
+    roc, aucs = M.roc_points(predictions)  # the app's one ROC, splits named for this page
+    assert set(roc["split"]) == {M.SPLIT_TITLES["val"], M.SPLIT_TITLES["test"]}
+    assert aucs["val"] == pytest.approx(1 - aucs["test"])  # test's scores are val's, flipped
+    points = M.operating_points(report)  # the threshold's dot sits on each curve
+    assert {p["split"] for p in points} == {M.SPLIT_TITLES["val"], M.SPLIT_TITLES["test"]}
+    for point in points:
+        curve = roc[roc["split"] == point["split"]]
+        assert (((curve.fpr - point["fpr"]).abs() < 1e-9) & ((curve.tpr - point["tpr"]).abs() < 1e-9)).any()
 
 
 def test_source_classifier_sees_a_site_shift_and_nothing_without_one():

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from explore import report
+from explore import charts, report
 from explore.config import RunConfig
 from explore.data import DataSpec
 from explore.metrics import auc
@@ -31,16 +31,6 @@ def test_curves_frame_is_long_and_skips_what_cannot_be_drawn():
         (2, "val", "loss", 0.55, "run A"), (2, "val", "accuracy", 0.7, "run A"),
     ])
     assert report.curves_frame([]).empty and list(report.curves_frame([]).columns) == report.CURVE_COLUMNS
-
-
-def test_curves_chart_uses_one_line_per_split_and_dashes_per_run():
-    one = report.curves_frame([{"epoch": 1, "train_loss": 1.0, "val_loss": 0.9}], "a")
-    two = pd.concat([one, report.curves_frame([{"epoch": 1, "train_loss": 2.0}], "b")])
-    single = report.curves_chart(one, "loss").to_dict()["encoding"]
-    assert single["color"]["field"] == "split" and "strokeDash" not in single
-    assert single["color"]["scale"]["range"] == [report.SPLIT_COLOURS["train"], report.SPLIT_COLOURS["val"]]
-    several = report.curves_chart(two, "loss").to_dict()["encoding"]
-    assert several["color"]["field"] == "run" and several["strokeDash"]["field"] == "split"
 
 
 @pytest.mark.parametrize("status, fraction, text", [
@@ -95,7 +85,6 @@ def test_roc_frame_matches_metrics_auc():
     probs3 = torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
     _, aucs3 = report.roc_frame({"val": {"labels": torch.tensor([0, 1, 2]), "probs": probs3}})
     assert aucs3["val"] == 1.0
-    report.roc_chart(frame, aucs).to_dict()  # builds a valid spec
 
 
 def test_runs_table_shows_damaged_folders(tmp_path):
@@ -158,13 +147,9 @@ def test_curves_for_labels_each_run():
     assert frame["run"].tolist() == ["a"]
 
 
-def test_learning_rate_is_a_curve_and_has_its_own_chart():
+def test_learning_rate_is_a_curve_of_the_train_split():
     records = [{"kind": "epoch", "epoch": e, "train_loss": 1.0 / e, "lr": lr}
                for e, lr in ((1, 1e-3), (2, 1e-3), (3, 1e-4))]
     frame = report.curves_frame(records, "step")
     lr = frame[frame.metric == report.LR_METRIC]
     assert lr.value.tolist() == [1e-3, 1e-3, 1e-4] and set(lr.split) == {"train"}
-    spec = report.lr_chart(frame).to_dict()
-    assert spec["mark"]["interpolate"] == "step-after" and spec["encoding"]["y"]["scale"]["type"] == "log"
-    # the loss chart is unchanged by the lr rows
-    assert set(report.curves_chart(frame, "loss").data["metric"]) == {"loss"}
