@@ -48,6 +48,7 @@ from explore.data import DataBundle, DataSpec, load_bundle
 from explore.soak import free_port, stop_server
 from explore.bench_stats import fmt, spread  # noqa: F401 (re-exported: bench.spread, bench.fmt)
 from explore.bench_workers import bench_workers, format_workers
+from explore.settings import child_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("training", "parity", "precision", "frozen", "live", "attribution", "explain", "startup", "data", "workers")
@@ -259,7 +260,7 @@ def course_training(model_name: str, bundle: DataBundle, epochs: int, device: st
         write_png_folder(bundle, Path(tmp))
         args = dict(folder=tmp, model_name=model_name, image_size=bundle.image_size, epochs=epochs, device=device,
                     workers=workers, seed=seed)
-        env = {k: v for k, v in os.environ.items() if k != "EXPLORE_THREADS"}
+        env = child_environment(drop=("EXPLORE_THREADS",))
         out = subprocess.run([sys.executable, "-c", COURSE_SCRIPT, json.dumps(args)], cwd=ROOT, env=env,
                              capture_output=True, text=True)
     if out.returncode != 0:
@@ -509,7 +510,7 @@ def streamlit_startup_seconds(runs_dir: str, timeout_s: float = 120.0) -> float:
     command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.headless", "true",
                "--server.port", str(port), "--server.address", "127.0.0.1",
                "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-    env = os.environ | {"EXPLORE_RUNS_DIR": runs_dir}
+    env = child_environment({"EXPLORE_RUNS_DIR": runs_dir})
     started = time.perf_counter()
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -578,7 +579,7 @@ def first_script_run_seconds(runs_dir: str) -> float:
     """A fresh process runs the app script once (what the first browser visit waits for:
     importing torch and the library, and the first page's work), via Streamlit's AppTest."""
     out = subprocess.run([sys.executable, "-c", FIRST_RUN_SCRIPT], cwd=ROOT, capture_output=True, text=True,
-                         env=os.environ | {"EXPLORE_RUNS_DIR": runs_dir}, timeout=600)
+                         env=child_environment({"EXPLORE_RUNS_DIR": runs_dir}), timeout=600)
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "the app script failed")
     seconds, exceptions = out.stdout.split()[-2:]
@@ -601,7 +602,7 @@ def bench_startup(settings: Settings) -> dict:
             result["first_script_run_error"] = str(error)
     script = f"import json, explore.bench as b; print(json.dumps(b.memory_session(quick={settings.quick})))"
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
-                         env=os.environ | {"EXPLORE_RUNS_DIR": tempfile.gettempdir()})
+                         env=child_environment({"EXPLORE_RUNS_DIR": tempfile.gettempdir()}))
     if out.returncode == 0:
         result["memory"] = json.loads(out.stdout.strip().splitlines()[-1])
     else:

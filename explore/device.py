@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 
 import torch
+from explore.settings import cpu_threads, reuse_memory
 
 
 @functools.lru_cache(maxsize=1)
@@ -138,8 +139,7 @@ class Placement:
 
 def set_cpu_threads() -> int:
     """Use one thread per physical core: hyper-threads slow down conv kernels on small batches."""
-    requested = os.environ.get("EXPLORE_THREADS")
-    count = int(requested) if requested else max(1, (os.cpu_count() or 2))
+    count = cpu_threads() or max(1, (os.cpu_count() or 2))
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return count
@@ -166,7 +166,7 @@ def reuse_freed_memory() -> bool:
     128 px, one epoch in a worker thread: 3.3 s → 2.6 s (main thread: 2.4 s); the threads here
     allocate rarely (tensors are big and few), so one arena costs no measurable contention.
     """
-    if os.environ.get("EXPLORE_REUSE_MEMORY") == "0" or not sys.platform.startswith("linux"):
+    if not reuse_memory() or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

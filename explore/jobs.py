@@ -33,7 +33,7 @@ from explore.config import RunConfig
 from explore.device import reuse_freed_memory
 from explore.fairqueue import FairQueue
 from explore.execute import STATUS_WRITE_INTERVAL_S, execute_run, record_worker_death  # noqa: F401 (re-exported)
-from explore.settings import AppSettings, gate_request, load_settings
+from explore.settings import AppSettings, executor_name, gate_request, load_settings, max_jobs
 from explore.store import RunStore
 from explore.workers import WorkerProcess
 
@@ -83,9 +83,8 @@ def worker_devices(count: int) -> list[str | None]:
 
 def default_worker_count(executor: str = "process") -> int:
     """EXPLORE_MAX_JOBS, else one worker per GPU (one on a CPU server); on Ray, per cluster GPU (or CPU)."""
-    env = os.environ.get("EXPLORE_MAX_JOBS")
-    if env:
-        return int(env)
+    if max_jobs() is not None:
+        return max_jobs()
     if executor == "ray":
         return ray_backend.slot_count()
     return max(1, torch.cuda.device_count() if torch.cuda.is_available() else 0)
@@ -107,7 +106,7 @@ class JobManager:
                  executor: str | None = None):
         self._settings = settings if callable(settings) else (lambda: settings) if settings else load_settings
         ray_address = self._settings().ray_address
-        self.executor = executor or os.environ.get("EXPLORE_EXECUTOR") or ("ray" if ray_address else "process")
+        self.executor = executor or executor_name() or ("ray" if ray_address else "process")
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, not {self.executor!r}")
         if self.executor == "ray":

@@ -9,11 +9,11 @@ fetch_hint()), never a name, so nothing here needs the registry.
 """
 from __future__ import annotations
 
-import os
 import socket
 import time
 import urllib.request
 from urllib.parse import urlparse
+from explore.settings import offline
 
 RANDOM = "random"  # the weights name of a randomly initialised backbone
 
@@ -52,7 +52,7 @@ def network_reachable(url: str, timeout_s: float = 2.0) -> bool:
 
 def spec_download_allowed(spec) -> bool:
     """Downloads are off with EXPLORE_OFFLINE=1, and pointless when the server cannot be reached."""
-    if os.environ.get("EXPLORE_OFFLINE", "") not in ("", "0"):
+    if offline():
         return False
     return network_reachable(spec.url)
 

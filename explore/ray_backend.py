@@ -41,7 +41,7 @@ from explore.data import load_bundle, parse_source
 from explore.data.disk_cache import bundle_from_payload, bundle_to_payload
 from explore.device import reuse_freed_memory
 from explore.execute import execute_run, record_worker_death
-from explore.settings import AppSettings, load_settings
+from explore.settings import AppSettings, load_settings, set_in_this_process
 from explore.store import RunRecord, RunStore, StoreError
 
 
@@ -183,9 +183,9 @@ def train_task(config_json: str, run_id: str, stop_flag, data_payload: dict | No
     """The Ray task (a streaming generator): train one run and yield its store writes as records."""
     reuse_freed_memory()  # the training-speed malloc settings belong where the training happens
     # Ray sets OMP_NUM_THREADS to the task's CPUs; the trainer's own thread rule reads EXPLORE_THREADS.
-    os.environ["EXPLORE_THREADS"] = str(cpu_threads)
+    set_in_this_process("EXPLORE_THREADS", str(cpu_threads))
     # Synthetic sets are cached per node; a worker's working folder may be temporary, the home is not.
-    os.environ.setdefault("EXPLORE_CACHE_DIR", str(Path.home() / ".cache" / "explore"))
+    set_in_this_process("EXPLORE_CACHE_DIR", str(Path.home() / ".cache" / "explore"), keep_existing=True)
     where = this_node()
     yield {"kind": "started", "pid": os.getpid(), **where}
     config = RunConfig.from_json(config_json)

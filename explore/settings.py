@@ -21,6 +21,14 @@ app passes in), so the library stays free of Streamlit:
 Every run passes one gate, `gate_request` (called by `JobManager.submit`): pages and the CLI only
 show what it said.
   EXPLORE_INSTRUCTOR_TOKEN=SECRET   turns on the instructor's class view: /instructor?token=SECRET
+
+This module is the one place that reads the environment. Besides the deployment settings above,
+small functions at the end answer where files go and how this process trains (read at every call,
+so a worker's own environment and a test's monkeypatch.setenv count):
+  EXPLORE_RUNS_DIR (runs_dir), EXPLORE_CACHE_DIR (cache_dir), EXPLORE_DEMO_SMALL (demo_small),
+  EXPLORE_MAX_JOBS (max_jobs), EXPLORE_EXECUTOR (executor_name), EXPLORE_OFFLINE (offline),
+  EXPLORE_THREADS (cpu_threads), EXPLORE_REUSE_MEMORY (reuse_memory), EXPLORE_BUNDLE_CACHE
+  (bundle_cache), EXPLORE_CHROMIUM (chromium); child_environment() for subprocesses.
 """
 from __future__ import annotations
 
@@ -184,3 +192,76 @@ def instructor_allowed(settings: AppSettings, token: str | None) -> bool:
     if not settings.instructor_token or not token:
         return False
     return hmac.compare_digest(settings.instructor_token.encode(), str(token).encode())
+
+
+# ----- process settings: where files go, how this process trains ------------------------------
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def runs_dir() -> Path:
+    """EXPLORE_RUNS_DIR: the run store's root (default ./runs)."""
+    return Path(_env("EXPLORE_RUNS_DIR") or "runs")
+
+
+def cache_dir() -> Path:
+    """EXPLORE_CACHE_DIR: decoded images, bundles and backbone features (default ./.explore_cache)."""
+    return Path(_env("EXPLORE_CACHE_DIR") or Path.cwd() / ".explore_cache")
+
+
+def demo_small() -> bool:
+    """EXPLORE_DEMO_SMALL=1: the small, fast default dataset (live demos on a laptop, browser tests)."""
+    return _env("EXPLORE_DEMO_SMALL") == "1"
+
+
+def max_jobs() -> int | None:
+    """EXPLORE_MAX_JOBS: how many runs train at once (None: one per GPU, or one on a CPU server)."""
+    value = _env("EXPLORE_MAX_JOBS").strip()
+    return int(value) if value else None
+
+
+def executor_name() -> str | None:
+    """EXPLORE_EXECUTOR: process | thread | ray, where the job manager trains runs (None: its default)."""
+    return _env("EXPLORE_EXECUTOR") or None
+
+
+def offline() -> bool:
+    """EXPLORE_OFFLINE=1: never try to download pretrained weights."""
+    return _env("EXPLORE_OFFLINE") not in ("", "0")
+
+
+def cpu_threads() -> int | None:
+    """EXPLORE_THREADS: torch's CPU threads in this process (None: one per core)."""
+    value = _env("EXPLORE_THREADS").strip()
+    return int(value) if value else None
+
+
+def reuse_memory() -> bool:
+    """EXPLORE_REUSE_MEMORY=0 leaves malloc alone (default: keep freed tensor memory for the next batch)."""
+    return _env("EXPLORE_REUSE_MEMORY") != "0"
+
+
+def bundle_cache() -> bool:
+    """EXPLORE_BUNDLE_CACHE=0 turns the on-disk cache of built synthetic bundles off."""
+    return _env("EXPLORE_BUNDLE_CACHE") != "0"
+
+
+def chromium() -> str:
+    """EXPLORE_CHROMIUM: the browser the soak test drives (default /usr/bin/chromium)."""
+    return _env("EXPLORE_CHROMIUM", "/usr/bin/chromium")
+
+
+def python_path_with(folder: str) -> str:
+    """PYTHONPATH with `folder` first, for a subprocess that must import this checkout's explore."""
+    return os.pathsep.join(filter(None, [folder, _env("PYTHONPATH")]))
+
+
+def child_environment(overrides: Mapping[str, str] | None = None, drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment for a subprocess, with `overrides` set and the names in `drop` removed."""
+    return {k: v for k, v in os.environ.items() if k not in drop} | dict(overrides or {})
+
+
+def set_in_this_process(name: str, value: str, keep_existing: bool = False) -> None:
+    """Set a process setting for the code that runs later in this process (a Ray worker's threads and cache)."""
+    if not (keep_existing and name in os.environ):
+        os.environ[name] = value

@@ -32,6 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Callable
+from explore.settings import child_environment, chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -82,8 +83,9 @@ def free_port() -> int:
 def start_server(tmp: Path, timeout_s: float = 120.0, **extra_env: str) -> tuple[subprocess.Popen, str]:
     """The app as a classroom runs it (one runs folder per session), on the small demo data."""
     port = free_port()
-    env = os.environ | {"EXPLORE_RUNS_DIR": str(tmp / "runs"), "EXPLORE_CACHE_DIR": str(tmp / "cache"),
-                        "EXPLORE_DEMO_SMALL": "1", "EXPLORE_SHARED_SERVER": "1", "PYTHONPATH": str(ROOT)} | extra_env
+    env = child_environment({"EXPLORE_RUNS_DIR": str(tmp / "runs"), "EXPLORE_CACHE_DIR": str(tmp / "cache"),
+                                      "EXPLORE_DEMO_SMALL": "1", "EXPLORE_SHARED_SERVER": "1", "PYTHONPATH": str(ROOT)}
+                                     | extra_env)
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
@@ -151,10 +153,10 @@ def browser_or_reason():
         from playwright.sync_api import sync_playwright
     except ImportError:
         return None, "needs the playwright package: pip install playwright"
-    chromium = os.environ.get("EXPLORE_CHROMIUM", "/usr/bin/chromium")
-    if not Path(chromium).exists():
-        return None, f"needs Chromium at {chromium}: apt-get install -y chromium"
-    return sync_playwright, chromium
+    browser = chromium()
+    if not Path(browser).exists():
+        return None, f"needs Chromium at {browser}: apt-get install -y chromium"
+    return sync_playwright, browser
 
 
 def cpu_seconds(pid: int) -> float:

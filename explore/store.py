@@ -31,6 +31,7 @@ from explore.config import RunConfig
 from explore.files import write_atomic  # noqa: F401 (re-exported: explore.store.write_atomic)
 from explore.models import MODELS, build_model
 from explore.transfer_setup import build_for_run
+from explore.settings import runs_dir
 
 FINAL_STATUSES = ("finished", "diverged", "stopped", "failed")
 ACTIVE_STATUSES = ("queued", "running")
@@ -41,7 +42,7 @@ class StoreError(Exception):
 
 
 def default_runs_root() -> Path:
-    return Path(os.environ.get("EXPLORE_RUNS_DIR", "runs"))
+    return runs_dir()
 
 
 def write_json(path: Path, obj) -> None:

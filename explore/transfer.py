@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import threading
 import time
@@ -56,6 +55,7 @@ from explore.models import MODELS
 from explore.store import save_tensors
 from explore.train import EVAL_BATCH_SIZE, TrainingRun, _uses_channels_last
 from explore.transfer_setup import before_epoch, build_for_run, param_groups  # noqa: F401 (re-exported)
+from explore.settings import cache_dir
 
 
 # ----- frozen runs: features computed once, cached ----------------------------------------
@@ -80,7 +80,7 @@ class FeatureCache:
     @property
     def disk_dir(self) -> Path | None:
         if self._disk_dir == "default":  # beside the decoded-image cache: $EXPLORE_CACHE_DIR or ./.explore_cache
-            return Path(os.environ.get("EXPLORE_CACHE_DIR") or Path.cwd() / ".explore_cache") / "features"
+            return cache_dir() / "features"
         return Path(self._disk_dir) if self._disk_dir else None
 
     def get(self, key: str) -> tuple[torch.Tensor | None, str]:

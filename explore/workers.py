@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from explore.settings import child_environment, python_path_with
 
 STOP_SIGNAL = signal.SIGUSR1
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +95,7 @@ class WorkerProcess:
 
     def __init__(self, device: str | None):
         self.device = device
-        env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        env = child_environment({"PYTHONPATH": python_path_with(str(ROOT))})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "explore.workers", device or ""], cwd=os.getcwd(), env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)

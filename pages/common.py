@@ -6,7 +6,6 @@ immutable (datasets) or built for sharing (the job manager's queue).
 """
 from __future__ import annotations
 
-import os
 import uuid
 
 import streamlit as st
@@ -14,7 +13,7 @@ import streamlit as st
 from explore.data import DataError, DataSpec, load_bundle
 from explore.jobs import JobManager
 from explore.ray_backend import ClusterError
-from explore.settings import AppSettings, NotAllowed, load_settings
+from explore.settings import AppSettings, NotAllowed, demo_small, load_settings, runs_dir
 from explore.store import RunStore, StoreError
 
 
@@ -86,9 +85,8 @@ def session_id() -> str:
 def run_store() -> RunStore:
     """The runs folder (EXPLORE_RUNS_DIR, default ./runs); one sub-folder per browser session on a
     shared server or in demo mode, so students only see (and delete) their own runs."""
-    root = os.environ.get("EXPLORE_RUNS_DIR", "runs")
     settings = app_settings()
-    return RunStore(root, namespace=f"session-{session_id()}" if settings.per_session_runs else None)
+    return RunStore(runs_dir(), namespace=f"session-{session_id()}" if settings.per_session_runs else None)
 
 
 def demo_banner() -> None:
@@ -115,7 +113,7 @@ DEMO_SMALL_SPEC = DataSpec(image_size=64, synthetic=(("n_train", 240), ("n_val",
 
 def default_data_spec() -> DataSpec:
     """The built-in synthetic set at 128 px, or the small demo set when EXPLORE_DEMO_SMALL=1."""
-    return DEMO_SMALL_SPEC if os.environ.get("EXPLORE_DEMO_SMALL") == "1" else DataSpec()
+    return DEMO_SMALL_SPEC if demo_small() else DataSpec()
 
 
 def current_data_spec() -> DataSpec:

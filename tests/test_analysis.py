@@ -15,7 +15,7 @@ from explore.config import RunConfig
 from explore.data import DataSpec
 from explore.device import Placement
 from explore.jobs import execute_run
-from explore.models import MODELS, SCRATCH_MODELS, build_model, count_parameters
+from explore.models import SCRATCH_MODELS, build_model, count_parameters
 from explore.models_cli import describe
 from explore.store import RunStore
 
@@ -217,5 +217,11 @@ def test_time_batch_sizes_includes_non_powers_of_two():
     assert (table.seconds_per_epoch > 0).all()
 
 
-def test_course_architectures_are_registered():
-    assert set(analysis.COURSE_ARCHITECTURES) <= set(MODELS)
+def test_the_pages_default_architectures_all_profile():
+    """The ANN vs CNN page opens with analysis.COURSE_ARCHITECTURES: every one of them must profile (a name
+    missing from the registry, or a model that fails at the page's sizes, would be a warning, not a row)."""
+    totals, layers = analysis.profile_architectures(analysis.COURSE_ARCHITECTURES, 64)
+    assert list(totals.model) == list(analysis.COURSE_ARCHITECTURES) and totals.error.isna().all(), totals.error
+    assert set(layers.model) == set(analysis.COURSE_ARCHITECTURES)
+    by_model = totals.set_index("model")  # the page's point: the ANN's first layer dwarfs the CNN's
+    assert by_model.loc["hw3_ann", "first_layer_weights"] > 100 * by_model.loc["hw3_cnn", "first_layer_weights"]

@@ -11,11 +11,6 @@ from conftest import make_bundle
 from explore import bench
 
 
-def test_course_figure_is_the_homeworks_70_seconds():
-    assert bench.COURSE_T4_CNN_SECONDS_30_EPOCHS == 70
-    assert bench.COURSE_T4_CNN_SECONDS_PER_EPOCH * 30 == 70
-
-
 def test_a_gpu_adds_the_course_run_to_the_default_sections(monkeypatch):
     assert "course30" not in bench.default_sections("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -36,6 +31,8 @@ def test_course30_quick_runs_and_prints_next_to_the_course(monkeypatch):
     assert result["epochs"] == 3 and result["extrapolated"] and result["run"]["epochs"] == 3
     assert result["seconds_30_epochs"] > 0
     assert abs(result["seconds_30_epochs"] - result["run"]["seconds_total"] * 10) < 1e-9
+    # next to the homework's figure: 30 epochs of the CNN took 70 s on a Colab T4
+    assert result["course_t4_seconds_30_epochs"] == 70
     assert result["speedup_vs_course_t4"] == 70 / result["seconds_30_epochs"]
     assert result["run"]["precision"] in ("fp32", "bf16")
     lines = bench.FORMATTERS["course30"](result)

@@ -282,15 +282,17 @@ def test_num_classes_must_be_two_or_three():
 # ----------------------------------------------------------------------------- knobs
 
 
-def test_knob_table_is_consistent():
-    assert set(SHIFT_KNOBS) <= set(KNOBS)
-    assert {"shortcut_fraction", "n_train", "n_val", "n_test"} <= set(KNOBS)
+def test_every_slider_position_the_data_page_offers_is_accepted():
+    """The Data page draws one slider per knob, from knob.min to knob.max, starting at knob.default: each
+    end and the default resolve to themselves; one step past either end is refused, naming the knob."""
     for name, knob in KNOBS.items():
-        assert knob.name == name
-        assert knob.min <= knob.default <= knob.max
-        assert knob.label and knob.help
-    for name in SHIFT_KNOBS:
-        assert (KNOBS[name].min, KNOBS[name].max) == (0.0, 1.0)
+        for value in (knob.min, knob.default, knob.max):
+            assert resolve_knobs(**{name: value})[name] == value
+        for outside in (knob.min - knob.step, knob.max + knob.step):
+            with pytest.raises(ValueError, match=name):
+                resolve_knobs(**{name: outside})
+    # the page's "same sites" button: every shift at 0 is a valid choice
+    assert all(value == 0 for name, value in resolve_knobs(**no_shift_knobs()).items() if name in SHIFT_KNOBS)
 
 
 def test_unknown_knob_raises_and_names_the_valid_ones():

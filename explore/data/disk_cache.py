@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +25,7 @@ import torch
 from explore.files import write_atomic
 
 from .bundle import DataBundle, SkippedFile, Split
+from explore.settings import bundle_cache
 
 CACHE_VERSION = 1
 KEEP_FILES = 8  # the newest bundles kept; a class uses a handful of specs, each up to a few hundred MB
@@ -34,7 +34,7 @@ KEEP_FILES = 8  # the newest bundles kept; a class uses a handful of specs, each
 def cacheable(spec) -> bool:
     """True when the bundle depends on nothing but the spec (so the cache can never go stale)."""
     sources = [spec.source] + ([spec.test_source] if spec.test_source else [])
-    return os.environ.get("EXPLORE_BUNDLE_CACHE") != "0" and all(s == "synthetic" for s in sources)
+    return bundle_cache() and all(s == "synthetic" for s in sources)
 
 
 @functools.lru_cache(maxsize=1)

@@ -34,6 +34,7 @@ import torch
 
 from .bundle import SPLITS, DataBundle, DataError, SkippedFile, Split
 from .decode import ImageDecodeError, decode_image, resize_to_square
+from explore import settings
 
 # Bump when decoding or resizing changes: old cache files are then ignored.
 LOADER_VERSION = 1
@@ -302,7 +303,7 @@ def _file_keys(paths: list[str]) -> tuple[dict[str, str], list[SkippedFile]]:
 
 
 def default_cache_dir() -> str:
-    return os.environ.get("EXPLORE_CACHE_DIR") or os.path.join(os.getcwd(), ".explore_cache")
+    return str(settings.cache_dir())
 
 
 def cache_path(root: str, image_size: int, cache_dir: str | None = None) -> str:
