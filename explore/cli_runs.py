@@ -159,8 +159,7 @@ def compare_main(argv: list[str]) -> int:
 def runs_to_compare(store: RunStore, run_ids: list[str], group: str | None) -> list:
     ids = list(run_ids)
     if group:
-        ids += [r.run_id for r in store.list() if r.config is not None and r.config.group == group
-                and r.run_id not in ids]
+        ids += [r.run_id for r in compare.group_records(store, group) if r.run_id not in ids]
     if not ids:
         raise ValueError("name the runs to compare (RUN_ID ...) or a --group")
     records = [store.load(run_id) for run_id in ids]

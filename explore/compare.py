@@ -79,6 +79,35 @@ def filter_runs(runs: pd.DataFrame, groups: Iterable[str] = (), models: Iterable
     return runs[keep]
 
 
+def date_range(runs: pd.DataFrame) -> tuple[dt.date, dt.date] | None:
+    """The first and last day a run in `runs` was created (None when no run knows its creation time)."""
+    known = runs["created"].dropna()
+    return (known.min().date(), known.max().date()) if len(known) else None
+
+
+def newest_group_runs(runs: pd.DataFrame, limit: int = 6) -> list[str]:
+    """The run ids of the most recently created run's group (at most `limit`): what Compare shows first."""
+    if runs.empty:
+        return []
+    newest = runs.sort_values("created").group.iloc[-1]
+    return runs[runs.group == newest].run_id.tolist()[:limit]
+
+
+def group_records(store: RunStore, group: str) -> list[RunRecord]:
+    """Every run of one group (a preset's, a sweep's, a repeat's), with its metrics, read fresh from the store."""
+    return [store.load(r.run_id) for r in store.list() if r.config is not None and r.config.group == group]
+
+
+def finished_count(table: pd.DataFrame) -> int:
+    """How many rows of a results table (`sweep_results`, `comparison_table`) have finished."""
+    return int((table["status"] == "finished").sum()) if len(table) else 0
+
+
+def watchable_groups(found: Iterable[str], just_queued: str | None = None) -> list[str]:
+    """Groups to offer for watching, newest name first: those in the store, plus one this session just queued."""
+    return sorted(set(found) | ({just_queued} if just_queued else set()), reverse=True)
+
+
 # ----- what differs between runs ---------------------------------------------------------
 def _settings(config: RunConfig) -> dict:
     """Flat settings with hashable values (lists become text), labels left out."""

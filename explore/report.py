@@ -125,6 +125,37 @@ def per_class_table(summary: dict | None, classes: list[str] | None = None) -> p
     return table
 
 
+HEADLINE = (("val accuracy", "val", "acc"), ("test accuracy", "test", "acc"), ("test AUC", "test", "auc"),
+            ("test sensitivity", "test", "sensitivity"))  # (label, split, key in summary["splits"][split])
+
+
+def headline(summary: dict | None) -> list[tuple[str, str]]:
+    """The four numbers above a finished run's tables, as (label, text): '92.5%', AUC '0.951', '—' when missing."""
+    splits = (summary or {}).get("splits") or {}
+    rows = []
+    for label, split, key in HEADLINE:
+        value = (splits.get(split) or {}).get(key)
+        rows.append((label, "—" if value is None else f"{value:.3f}" if key == "auc" else f"{value:.1%}"))
+    return rows
+
+
+def has_learning_rate(records: list) -> bool:
+    """True when any run recorded its learning rate (runs from before it was recorded have none)."""
+    return any("lr" in m for r in records for m in (r.metrics or []))
+
+
+def cell_thumbnails(predictions: dict[str, torch.Tensor], split, cell: tuple[int, int],
+                    limit: int = 8) -> list[tuple[np.ndarray, str]]:
+    """The X-rays of one confusion-matrix cell as (grey image, 'image id · P(disease) 0.93'), mistakes most
+    confident first. `split`: the run's data split (images and ids) the predictions were made on; a
+    ValueError when they no longer match (the dataset changed since the run trained)."""
+    if len(split.images) != len(predictions["labels"]):
+        raise ValueError("The dataset changed since this run trained: its images no longer match the predictions.")
+    score = positive_score(predictions["probs"].float())
+    return [(grey(split.images[i]), f"{split.ids[i].rsplit('/', 1)[-1]} · P(disease) {float(score[i]):.2f}")
+            for i in cell_examples(predictions, cell, limit)]
+
+
 def cell_examples(predictions: dict[str, torch.Tensor], cell: tuple[int, int], limit: int = 8) -> list[int]:
     """Indices of the images in one confusion-matrix cell (true, predicted), most confident mistakes first
     (the Saliency page's selection, for the Train page's matrix)."""

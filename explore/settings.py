@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # annotations only: any module may read the environment throu
     from explore.config import RunConfig
 
 TRUE = ("1", "true", "yes", "on")
+FORM_MAX_EPOCHS = 300  # the Train form's upper bound outside demo mode
 
 
 class NotAllowed(Exception):
@@ -66,6 +67,25 @@ class AppSettings:
     @property
     def per_session_runs(self) -> bool:
         return self.demo_mode or self.shared_server
+
+    @property
+    def epoch_limit(self) -> int:
+        """The most epochs the Train form offers: the demo cap in demo mode, else FORM_MAX_EPOCHS."""
+        return self.max_epochs if self.demo_mode else FORM_MAX_EPOCHS
+
+    def image_sizes(self, sizes) -> list[int]:
+        """The image sizes the Data page offers: demo mode drops those above its cap."""
+        return [s for s in sizes if not self.demo_mode or s <= self.max_image_size]
+
+    def upload_limits(self, server_max_mb: int, library_max_bytes: int, library_max_files: int) -> tuple[int, int]:
+        """(MB, files) one upload may hold: the smallest of the web server's, the library's and demo mode's caps."""
+        megabytes = min(server_max_mb, library_max_bytes // 2**20,
+                        self.max_upload_mb if self.demo_mode else library_max_bytes)
+        return megabytes, self.max_upload_files if self.demo_mode else library_max_files
+
+    def knob_upper(self, knob) -> float:
+        """A synthetic knob's slider maximum: in demo mode the image counts stay at their defaults (no giant sets)."""
+        return knob.default if self.demo_mode and knob.integer else knob.max
 
     def limits_text(self) -> list[str]:
         """What demo mode limits, as lines for the banner."""

@@ -107,6 +107,21 @@ def sample_grid(bundle: DataBundle, split: str, per_class: int = 8, seed: int = 
     return picks
 
 
+def sample_rows(bundle: DataBundle, split: str, per_class: int = 8, seed: int = 0) -> dict[str, list[tuple]]:
+    """`sample_grid` grouped by class (every class a key, possibly with no images), for one row per class."""
+    picks = sample_grid(bundle, split, per_class, seed)
+    return {cls: [p for p in picks if p[1] == cls] for cls in bundle.classes}
+
+
+def image_facts(bundle: DataBundle, split: str, index: int) -> dict:
+    """What the enlarged view says about one image: class, site, id, original and shown size."""
+    data = bundle.splits[split]
+    width, height = data.original_sizes[index].tolist()
+    return {"class": bundle.classes[int(data.labels[index])], "split": split, "site": data.sites[index],
+            "id": data.ids[index], "original": f"{width} × {height} px",
+            "shown": f"{bundle.image_size} × {bundle.image_size} px"}
+
+
 def skipped_table(bundle: DataBundle) -> pd.DataFrame:
     """The files that were not used, and why; paths inside the dataset's folder are shown from it
     (NORMAL/notes.png rather than a long server path)."""

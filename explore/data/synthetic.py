@@ -133,6 +133,21 @@ def no_shift_knobs() -> dict[str, float]:
     return {name: 0.0 for name in SHIFT_KNOBS} | {"shortcut_fraction": 0.0}
 
 
+def same_sites(values: dict[str, float]) -> dict[str, float]:
+    """`values` with every shift and the shortcut at 0, the image counts kept (the Data page's 'Sites identical')."""
+    return no_shift_knobs() | {name: value for name, value in values.items() if KNOBS[name].integer}
+
+
+def changed_knobs(values: dict[str, float]) -> dict[str, float]:
+    """Only the knobs that differ from their defaults (what a DataSpec stores)."""
+    return {name: float(value) for name, value in values.items() if float(value) != KNOBS[name].default}
+
+
+def slider_label(name: str) -> str:
+    """A knob's label under the Data page's 'site B' heading ('Detector noise', not 'Detector noise (site B)')."""
+    return KNOBS[name].label.replace(" (site B)", "") if name in SHIFT_KNOBS else KNOBS[name].label
+
+
 # ----------------------------------------------------------------------------- randomness
 
 
