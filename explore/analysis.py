@@ -36,6 +36,8 @@ from explore.train import InputPipeline, TrainingRun, probabilities
 
 COURSE_ARCHITECTURES = ("hw3_ann", "hw3_cnn", "lab4_gap", "hw3_gap_wide")
 LECTURE_BATCH_SIZES = (24, 32, 48, 64, 96, 128)  # powers of two and the sizes between them
+BATCH_SIZE_CHOICES = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+IMAGE_SIZE_CHOICES = (32, 64, 128, 224, 256)
 
 
 # ----- parameters and multiply-accumulates -----------------------------------------------
@@ -331,6 +333,24 @@ def time_batch_sizes(name: str, size: int, batch_sizes: Iterable[int] = LECTURE_
 
 
 # ----- trained results ------------------------------------------------------------------
+def layer_table(layers: pd.DataFrame, model: str) -> pd.DataFrame:
+    """One model's rows of `profile_architectures`' layers, and a TOTAL row (parameters and MACs summed)."""
+    part = layers[layers.model == model].drop(columns=["model"])
+    total = pd.DataFrame([{"name": "TOTAL", "type": "", "output_shape": "", "params": part.params.sum(),
+                           "macs": part.macs.sum()}])
+    return pd.concat([part, total], ignore_index=True)
+
+
+def measurement_note(measured: pd.DataFrame) -> str:
+    """How `measure_architectures` measured (device, size, batch, images, what 'memory' means here)."""
+    first = measured.iloc[0]
+    return (f"Measured on {first.device} at {first.image_size} px, batch {first.batch_size}, "
+            f"{first.n_images} images. Seconds per epoch: the fastest of two epochs after a warm-up, through "
+            f"the same training loop as real runs. Memory: {first.memory_measure}"
+            + (" — on a CPU this is the whole process, so other work in it (the app, other sessions) "
+               "can add to it." if "RSS" in str(first.memory_measure) else "."))
+
+
 def trained_results(records, names: Iterable[str] | None = None) -> pd.DataFrame:
     """Finished runs side by side: model, run, image size, params, train / val / test accuracy.
 
@@ -424,6 +444,13 @@ def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def shift_models(store, newest: pd.DataFrame, names: Iterable[str], image_size: int, trained: bool) -> list[Classifier]:
+    """The models the shift test compares: the newest finished run of each architecture, or untrained copies."""
+    if trained:
+        return [classifier_from_run(store, run_id) for run_id in newest.run_id]
+    return [fresh_classifier(name, image_size) for name in names]
+
+
 def translation_sensitivity(classifiers: Iterable[Classifier], image: torch.Tensor,
                             shifts: Iterable[int] = range(-8, 9), axis: str = "x") -> pd.DataFrame:
     """p(disease) for the same image shifted by each number of pixels, per model.

@@ -706,6 +706,46 @@ def describe_image(loaded: LoadedRun, split_name: str, i: int, outcome: dict[str
             f"→ {classes[int(outcome['predicted'][i])]} {mark}")
 
 
+def explained_cards(loaded: LoadedRun, split_name: str, index: list[int], outcome: dict[str, torch.Tensor],
+                    pictures: dict, method: str) -> list[dict]:
+    """One card per explained image (`explain_images`' pictures): the picture, its caption, and a line saying
+    what the model said and how much attribution fell on the lesion and the markers."""
+    cards = []
+    for row, i in enumerate(index):
+        extra = " · ".join(f"{name} share {values[row]:.0%}" for name, values in pictures["shares"].items()
+                           if name in ("lesion", "marker") and values[row] is not None)
+        cards.append({"picture": pictures["pairs"][row],
+                      "caption": f"original | {METHODS[method].title} → {pictures['targets'][row]}",
+                      "line": describe_image(loaded, split_name, i, outcome) + (f" · {extra}" if extra else "")})
+    return cards
+
+
+def run_shares(loaded: LoadedRun, device, target="positive", n_images: int = 16) -> list[dict]:
+    """`where_attribution_falls` for every method on the run's val and test images (the splits it has)."""
+    splits = {name: loaded.split(name) for name in ("val", "test") if len(loaded.split(name))}
+    return where_attribution_falls(loaded.explainer(device), splits, n_images=n_images, target=target)
+
+
+def sanity_pictures(loaded: LoadedRun, device, method: str, target="positive", smooth: bool = False,
+                    max_stages: int = 5) -> dict:
+    """The randomisation check on two val images per class, with the pictures the Saliency page shows:
+    per image, the trained model's map and then each stage's map; the stages' numbers without their maps."""
+    val = loaded.split("val")
+    index = balanced_sample(val.labels, 2, seed=1)
+    check = randomisation_check(loaded.explainer(device), val.images[index], method, target, smooth,
+                                max_stages=max_stages)
+    images, signed = val.images[index], METHODS[method].signed
+    zoom = max(1, 128 // images.shape[-1])
+    pictures = [[overlay(images[i], check["original"][i], signed, zoom)]
+                + [overlay(images[i], stage["maps"][i], signed, zoom) for stage in check["stages"]]
+                for i in range(len(index))]
+    stages = [{k: v for k, v in stage.items() if k != "maps"} for stage in check["stages"]]
+    captions = [["trained model"] + [f"top {s['layers']} layer(s) random · ρ = {s['spearman'][image]:.2f}"
+                                     for s in stages] for image in range(len(index))]
+    return {"pictures": pictures, "captions": captions, "stages": stages, "warning": check["warning"],
+            "final": check["final_spearman"]}
+
+
 def shares_table(rows: list[dict]) -> list[dict]:
     """Rows of `where_attribution_falls` as one row per method × region, val and test side by side."""
     table: dict[tuple[str, str], dict] = {}

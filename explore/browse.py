@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import torch
 
-from explore.metrics import positive_score
+from explore.metrics import confusion_matrix, positive_score
 
 CELLS_BINARY = {(0, 0): "TN", (0, 1): "FP", (1, 0): "FN", (1, 1): "TP"}
 CELL_MEANING = {"TN": "true negatives: NORMAL called NORMAL", "FP": "false positives: NORMAL called PNEUMONIA",
                 "FN": "false negatives: PNEUMONIA missed", "TP": "true positives: PNEUMONIA found"}
 BROWSE_MODES = ("all", "correct", "wrong", "cell", "top_losses")
+BROWSE_TITLES = {"all": "All", "correct": "Correct", "wrong": "Wrong", "cell": "Confusion-matrix cell",
+                 "top_losses": "Top losses (most confident mistakes)"}
 
 
 def outcomes(probs: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5) -> dict[str, torch.Tensor]:
@@ -27,6 +29,11 @@ def outcomes(probs: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5) 
         p_true = probs.gather(1, labels.view(-1, 1)).squeeze(1)
     return {"predicted": predicted, "labels": labels, "disease_prob": positive_score(probs),
             "correct": predicted == labels, "loss": -torch.log(p_true.clamp_min(eps))}
+
+
+def confusion(outcome: dict[str, torch.Tensor], num_classes: int) -> list[list[int]]:
+    """K×K counts of `outcomes` (rows: true class, columns: predicted), as the buttons of a confusion matrix."""
+    return confusion_matrix(outcome["labels"], outcome["predicted"], num_classes).tolist()
 
 
 def select(outcome: dict[str, torch.Tensor], how: str = "all", cell: tuple[int, int] | None = None,

@@ -82,6 +82,15 @@ def error_levels(parts: dict) -> list[dict]:
     return [{"level": level["name"], "error": level["error"]} for level in parts["levels"]]
 
 
+def train_error_note(parts: dict) -> str:
+    """The sentence under the decomposition: the components add up to the test error, and how train error was measured."""
+    logged = parts["train_error_logged"]
+    return (f"Human error + the components = test error ({parts['test_error']:.1%}). Train error: "
+            f"{parts['train_error_how']}"
+            + (f"; the last epoch's logged training error was {logged:.1%} (measured with dropout and augmentation "
+               f"on, while the weights changed)." if logged is not None else "."))
+
+
 def operating_points(report: dict[str, dict]) -> list[dict]:
     """Where the chosen threshold sits on each ROC curve (val and test): {split, fpr, tpr} for `charts.roc`."""
     return [{"split": r["title"], "fpr": 1 - r["specificity"], "tpr": r["sensitivity"]}
@@ -382,6 +391,9 @@ FIXES = {
 }
 
 
+SUGGESTED_FIXES = ("per_image", "intensity_aug", "no_shortcut")  # ticked when the page opens
+
+
 def available_fixes(config: RunConfig) -> list[Fix]:
     synthetic = config.data.source == "synthetic" and config.data.test_source in (None, "synthetic")
     return [fix for fix in FIXES.values() if synthetic or not fix.synthetic_only]
@@ -417,6 +429,11 @@ def fix_configs(base: RunConfig, base_run_id: str, keys: list[str], epochs: int 
                                                eval_test=True)
         configs.append(config.replace(epochs=epochs) if epochs else config)
     return configs
+
+
+def fixes_active(rows: list[dict]) -> bool:
+    """True while a fix (a row of `fix_table`) is queued or training: worth polling."""
+    return any(row["status"] in ("queued", "running") for row in rows)
 
 
 def fix_table(store: RunStore, base_run_id: str) -> list[dict]:

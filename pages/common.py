@@ -121,6 +121,16 @@ def current_data_spec() -> DataSpec:
     return st.session_state.get("data_spec", default_data_spec())
 
 
+@st.cache_resource(max_entries=4, show_spinner="Loading the run and its data…")
+def loaded_run(root: str, run_id: str):
+    """A finished run ready for analysis (model, input pipeline, predictions, data), shared by the Saliency
+    and Mismatch pages. Cached per runs folder and run id; its data comes from `cached_bundle`."""
+    from explore.attribution import load_run  # captum: loaded when a student first opens an analysis page
+
+    store = RunStore(root)
+    return load_run(store, run_id, bundle=cached_bundle(store.load(run_id).config.data))
+
+
 def bundle_or_stop(spec: DataSpec | None = None):
     """Load the chosen dataset, or show why not and stop this page (never a traceback)."""
     spec = spec or current_data_spec()

@@ -7,9 +7,12 @@ from explore import charts
 from explore import mismatch as mm
 from explore.data import DataError
 from explore.device import Placement
-from explore.store import RunStore, StoreError
+from explore.store import StoreError
 from pages.adapt_section import show_adaptation
-from pages.common import cached_bundle, queue_runs, run_store
+from pages.common import loaded_run, run_store
+from pages.mismatch_error import error_kinds
+from pages.mismatch_fixes import try_a_fix
+from pages.mismatch_probe import feature_space, source_classifier
 
 st.title("🏥 Mismatch: why does test score lower than val?")
 st.caption("Val comes from the hospital the model was trained on (site A), test from another one (site B). "
@@ -22,33 +25,12 @@ if not runs:
     st.stop()
 labels = {record.run_id: attr.run_label(record) for record in runs}
 run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="mismatch_run")
-DEVICE = Placement.choose("auto").device
-ROOT = str(store.root)
-
-
-@st.cache_resource(max_entries=4, show_spinner="Loading the run and its data…")
-def load(root: str, run_id: str):
-    run_store_ = RunStore(root)
-    return attr.load_run(run_store_, run_id, bundle=cached_bundle(run_store_.load(run_id).config.data))
-
-
-@st.cache_data(max_entries=32, show_spinner="Re-evaluating the training images in eval mode…")
-def decomposition(root, run_id, threshold, human_error):
-    return mm.decompose_run(load(root, run_id), threshold, human_error, DEVICE)
-
-
-@st.cache_data(max_entries=8, show_spinner="Training a small network to tell the two hospitals apart…")
-def source_detector(root, run_id):
-    return mm.run_source_classifier(load(root, run_id), device=DEVICE)
-
-
-@st.cache_data(max_entries=8, show_spinner="Computing the model's penultimate features…")
-def features(root, run_id):
-    return mm.feature_pca(load(root, run_id), device=DEVICE)
+device = Placement.choose("auto").device
+ROOT, DEVICE = str(store.root), str(device)  # cache keys: plain strings
 
 
 try:
-    loaded = load(ROOT, run_id)
+    loaded = loaded_run(ROOT, run_id)
 except (StoreError, DataError, ValueError, RuntimeError, KeyError) as error:
     st.error(f"This run cannot be analysed: {error}")
     st.stop()
@@ -64,8 +46,7 @@ st.header("1 · The same model on both hospitals")
 threshold = st.slider("Decision threshold: call PNEUMONIA when P(disease) ≥", 0.05, 0.95, 0.5, 0.05,
                       key="mismatch_threshold")
 report = mm.internal_external(loaded.predictions, threshold)
-table = pd.DataFrame(mm.internal_external_rows(report))
-st.dataframe(table, hide_index=True, column_config={
+st.dataframe(pd.DataFrame(mm.internal_external_rows(report)), hide_index=True, column_config={
     c: st.column_config.NumberColumn(format="percent") for c in ("accuracy", "sensitivity", "specificity", "prevalence")}
     | {"AUC": st.column_config.NumberColumn(format="%.3f")})
 if "gap" in report:
@@ -75,92 +56,15 @@ roc, aucs = mm.roc_points(loaded.predictions)
 st.altair_chart(charts.roc(roc, aucs, pd.DataFrame(mm.operating_points(report)), titles=mm.SPLIT_TITLES, height=340,
                            title="ROC curves; dots: the chosen threshold", legend_below=True))
 
-# ----- 2. error decomposition
-st.header("2 · Which kind of error? (bias and variance with mismatched data)")
-human_error = st.number_input("Human / Bayes error (what an expert would get wrong)", 0.0, 0.5, 0.0, 0.01,
-                              key="mismatch_human")
-try:
-    parts = decomposition(ROOT, run_id, threshold, human_error)
-except ValueError as error:
-    st.error(str(error))
-    st.stop()
-levels = pd.DataFrame(mm.error_levels(parts))
-left, right = st.columns([2, 3])
-left.dataframe(levels, hide_index=True, column_config={"error": st.column_config.NumberColumn(format="percent")})
-right.altair_chart(charts.error_components(parts["components"]))
-for c in parts["components"]:
-    st.markdown(f"- **{c['name']}** ({c['from']} → {c['to']}): **{c['value']:+.1%}**. {c['meaning']}.")
-st.caption(f"Human error + the components = test error ({parts['test_error']:.1%}). Train error: "
-           f"{parts['train_error_how']}"
-           + (f"; the last epoch's logged training error was {parts['train_error_logged']:.1%} (measured with "
-              f"dropout and augmentation on, while the weights changed)." if parts["train_error_logged"] is not None
-              else "."))
-for note in parts["notes"]:
-    st.info(note)
-if parts["largest"]:
-    st.markdown(f"**Largest component: {parts['largest']}.**")
+# ----- 2. error decomposition (pages/mismatch_error.py)
+error_kinds(ROOT, run_id, threshold, DEVICE)
 
-# ----- 3. source classifier
-st.header("3 · Can a network tell the hospitals apart?")
-st.caption("A small CNN learns to predict 'val or test image?' from downsampled pixels alone, tested on images it "
-           "did not train on. An AUC near 1.0 means the sources differ in ways any network can pick up, "
-           "and can use as a shortcut.")
-if st.toggle("Train the source classifier (seconds on a free CPU)", key="mismatch_source"):
-    detector = source_detector(ROOT, run_id)
-    a, b = st.columns(2)
-    a.metric("Held-out AUC: val vs test", f"{detector['auc']:.3f}" if detector["auc"] is not None else "n/a")
-    b.metric("Held-out accuracy", f"{detector['accuracy']:.1%}")
-    st.markdown(f"Verdict: {detector['verdict']}. ({detector['n_train']} training and {detector['n_holdout']} held-out "
-                f"images at {detector['size']} px, {detector['epochs']} epochs, {detector['seconds']:.1f} s.)")
-    if detector.get("note"):
-        st.info(detector["note"])
+# ----- 3. source classifier, 4. feature space (pages/mismatch_probe.py)
+source_classifier(ROOT, run_id, DEVICE)
+feature_space(ROOT, run_id, DEVICE)
 
-# ----- 4. feature space
-st.header("4 · Where the images sit in the model's feature space")
-if st.toggle("Project the penultimate-layer features onto 2 principal components", key="mismatch_pca"):
-    try:
-        projected = features(ROOT, run_id)
-    except ValueError as error:
-        st.error(str(error))
-    else:
-        left, right = st.columns(2)
-        left.altair_chart(charts.feature_pca(projected, "split"))
-        right.altair_chart(charts.feature_pca(projected, "class"))
-        st.caption(f"{projected['dims']} features from the input of the last Linear layer. Separate clouds by source "
-                   "mean the model represents the two hospitals differently, whatever the diagnosis.")
-
-# ----- 5. try a fix
-st.header("5 · Try a fix")
-fixes = mm.available_fixes(loaded.config)
-chosen = [fix.key for fix in fixes if st.checkbox(f"**{fix.title}**: {fix.why}", key=f"mismatch_fix_{fix.key}",
-                                                  value=fix.key in ("per_image", "intensity_aug", "no_shortcut"))]
-epochs = st.number_input("Epochs per run", 1, 200, int(loaded.config.epochs), key="mismatch_epochs")
-if st.button(f"Queue {len(chosen)} run(s) as one group", disabled=not chosen, type="primary"):
-    try:
-        configs = mm.fix_configs(loaded.config, run_id, chosen, int(epochs))
-    except ValueError as error:
-        st.error(f"Could not queue the runs: {error}")
-    else:
-        if (ids := queue_runs(store, configs)) is not None:
-            st.success(f"Queued {len(ids)} run(s); they train in the background (the table below updates).")
-
-rows = mm.fix_table(store, run_id)
-active = any(row["status"] in ("queued", "running") for row in rows)
-
-
-@st.fragment(run_every=3.0 if active else None)
-def fix_results():
-    frame = pd.DataFrame(mm.fix_table(store, run_id))
-    percent = st.column_config.NumberColumn
-    st.dataframe(frame[["variant", "status", "val_acc", "test_acc", "gap", "epochs", "changes"]], hide_index=True,
-                 column_config={"val_acc": percent("val acc (site A)", format="percent"),
-                                "test_acc": percent("test acc (site B)", format="percent"),
-                                "gap": percent("gap (val − test)", format="percent")})
-    if len(frame) == 1:
-        st.caption("No fixes queued for this run yet.")
-
-
-fix_results()
+# ----- 5. try a fix (pages/mismatch_fixes.py)
+try_a_fix(store, run_id, loaded.config)
 
 # ----- 6. adapt the finished model (AdaBN, few-shot fine-tuning, histogram matching)
 show_adaptation(loaded, ROOT, run_id, threshold, DEVICE)

@@ -1,4 +1,5 @@
 """The Saliency page's report card: which attribution maps deserve trust on this run (not a page itself).
+Remove-and-retrain, shown under it, is in pages/saliency_roar.py.
 
 Computed on demand in a background thread (explore.explain_report.ReportJob), cached as JSON in
 the run folder, shown from that file on every later visit.
@@ -9,11 +10,10 @@ import pandas as pd
 import streamlit as st
 
 from explore import attribution as attr
-from explore import charts
 from explore import explain_report as report_card
-from explore import roar
 from explore.store import RunStore, StoreError
-from pages.common import job_manager, queue_runs
+from pages.common import job_manager
+from pages.saliency_roar import roar_section
 
 
 @st.cache_resource
@@ -93,44 +93,7 @@ def data_randomisation_widget(store: RunStore, loaded) -> str | None:
 
 def report_card_section(store: RunStore, run_id: str, loaded, device) -> None:
     card_section(store, run_id, loaded, device)
-    roar_section(store, run_id, loaded)
-
-
-def roar_section(store: RunStore, run_id: str, loaded) -> None:
-    """Remove and retrain: a button that queues the group of runs, and their test accuracy once trained."""
-    st.subheader("Remove and retrain (ROAR)")
-    st.caption(f"Hooker et al. 2019: remove the top 10, 30 and 50% of pixels of every image by each method's maps, "
-               f"train a fresh model on what is left, and compare its test accuracy with removing random pixels. "
-               f"Removed pixels become {roar.FILL}. A map that found the informative pixels hurts more than random.")
-    if loaded.config.roar_from_run or loaded.config.permute_labels:
-        st.caption("This run is itself a ROAR or shuffled-label run: remove and retrain starts from a normal run.")
-        return
-    run_dir = store.path(run_id)
-    results = roar.roar_results(store, run_dir)
-    if results is not None and results["methods"]:
-        show_roar(results)
-    elif results is not None:
-        st.info(f"{results['pending']} ROAR run(s) queued or running; the Train page shows their progress.")
-    methods = [m for m in roar.ROAR_DEFAULT_METHODS if not (m == "gradcam" and loaded.gradcam_layer_name is None)]
-    configs = roar.missing_configs(store, run_dir, roar.roar_configs(loaded.config, run_dir, methods))
-    if not configs:
-        return
-    if loaded.bundle.image_size > 64:
-        st.caption(f"These runs train at {loaded.bundle.image_size} px, {loaded.config.epochs} epochs each; ROAR is "
-                   f"meant small: a run on the simulation at 64 px keeps the group to minutes.")
-    label = f"Remove and retrain (queues {len(configs)} runs)"
-    if st.button(label, key="roar_queue"):
-        run_ids = queue_runs(store, configs)
-        if run_ids:
-            st.success(f"Queued {len(run_ids)} runs (group “{configs[0].group}”); come back when they have finished.")
-
-
-def show_roar(results: dict) -> None:
-    frame = pd.DataFrame(roar.roar_rows(results))
-    with st.container(key="roar_table"):
-        st.dataframe(frame, hide_index=True)
-    st.markdown(f"- {roar.roar_sentence(results)}")
-    st.altair_chart(charts.roar(roar.roar_points(results), roar.RANDOM))
+    roar_section(store, run_id, loaded)  # pages/saliency_roar.py
 
 
 def card_section(store: RunStore, run_id: str, loaded, device) -> None:

@@ -10,7 +10,6 @@ from streamlit.testing.v1 import AppTest
 import explore.attribution
 import explore.train
 import pages.common
-import pages.saliency_card
 from conftest import make_bundle
 from explore import roar
 from explore.config import RunConfig
@@ -38,7 +37,7 @@ def test_the_button_queues_the_group_and_the_page_and_cli_show_accuracy_vs_t(tmp
         queued.extend(store_.create(c) for c in configs)
         return list(queued)
 
-    monkeypatch.setattr(pages.saliency_card, "queue_runs", queue_without_workers)
+    monkeypatch.setattr(pages.common, "queue_runs", queue_without_workers)
     at = AppTest.from_file(str(ROOT / "pages" / "saliency.py"), default_timeout=120)
     at.session_state["saliency_n"] = 2
     at.session_state["card_methods"] = ["saliency"]
