@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from explore import attribution as attr
+from explore import charts
 from explore import explain_report as report_card
 from explore.store import RunStore, StoreError
 from pages.common import job_manager
