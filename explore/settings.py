@@ -36,10 +36,10 @@ import hmac
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
-if TYPE_CHECKING:  # annotations only: any module may read the environment through settings
-    from explore.config import RunConfig
+# `RunConfig` in the annotations below is explore.config.RunConfig, named but not imported (not even for type
+# checkers): settings sits below every other module, and every module may ask it about the environment.
 
 TRUE = ("1", "true", "yes", "on")
 FORM_MAX_EPOCHS = 300  # the Train form's upper bound outside demo mode
