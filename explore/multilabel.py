@@ -216,3 +216,54 @@ def label_aucs(summary: dict, split: str = "val") -> dict[str, float | None]:
     """{task: AUC} of a finished run's split (for Compare and the CLI's JSON)."""
     report = ((summary or {}).get("splits") or {}).get(split) or {}
     return {task: r.get("auc") for task, r in (report.get("labels") or {}).items()}
+
+
+# ----------------------------------------------------------------------------- the CLI's options
+def parse_tasks(text: str, data) -> tuple[str, ...]:
+    """'pneumonia,cardiomegaly,effusion' → the tuple; 'all' → pneumonia and every finding of the data."""
+    names = tuple(t.strip().lower() for t in text.split(",") if t.strip())
+    if names != ("all",):
+        return names
+    if data.source == "synthetic" and data.test_source is None:
+        return SYNTHETIC_TASKS
+    from explore.data import load_bundle  # a real set names its own findings (ChestMNIST, NIH: 14)
+
+    return available_tasks(load_bundle(replace_findings(data, True)))
+
+
+def replace_findings(data, on: bool):
+    from dataclasses import replace
+
+    return replace(data, findings=on)
+
+
+def run_changes(config, tasks: str | None, label_fraction: float | None, findings: bool) -> dict:
+    """RunConfig changes for `--tasks`, `--pneumonia-label-fraction` and `--findings`. Tasks other
+    than pneumonia need the findings in the data, so naming one turns them on."""
+    changes = {}
+    data = replace_findings(config.data, True) if findings else config.data
+    if tasks is not None:
+        changes["tasks"] = parse_tasks(tasks, data)
+        if any(t != PNEUMONIA for t in changes["tasks"]):
+            data = replace_findings(data, True)
+    if label_fraction is not None:
+        changes["pneumonia_label_fraction"] = label_fraction
+    if data != config.data:
+        changes["data"] = data
+    return changes
+
+
+def summary_json(summary: dict) -> dict:
+    """The per-label part of the CLI's final JSON line: {"tasks", "per_label_auc": {split: {task: AUC}}}."""
+    if not (summary or {}).get("tasks"):
+        return {}
+    splits = (summary.get("splits") or {})
+    return {"tasks": summary["tasks"],
+            "per_label_auc": {name: label_aucs(summary, name) for name in splits}}
+
+
+def epoch_text(record: dict) -> str:
+    """'  val AUC pneumonia 0.81 · effusion 0.95' for the CLI's readable epoch lines ('' for single-task runs)."""
+    parts = [f"{key.removeprefix('val_auc_')} {value:.3f}" for key, value in record.items()
+             if key.startswith("val_auc_") and isinstance(value, (int, float))]
+    return f"  val AUC {' · '.join(parts)}" if parts else ""

@@ -290,3 +290,29 @@ def test_nih_keeps_its_14_findings_from_the_finding_labels(tmp_path, monkeypatch
 def test_multi_label_train_targets_are_finite_for_the_loss():
     targets = torch.tensor([[1.0, float("nan")]])
     assert math.isfinite(float(ML.masked_bce_sum(torch.zeros(1, 2), targets)))
+
+
+# ----------------------------------------------------------------------------- the CLI
+def test_cli_trains_a_multi_label_run_and_prints_per_label_auc(tmp_path, monkeypatch, capsys):
+    from explore.train_cli import build_parser, cli_main, configs_from_args
+
+    monkeypatch.setenv("EXPLORE_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["--model", "cnn_gap", "--size", "64", "--knob", "n_train=60", "--knob", "n_val=20", "--knob", "n_test=20",
+            "--epochs", "1", "--tasks", "pneumonia,cardiomegaly,effusion", "--pneumonia-label-fraction", "0.5"]
+    (config,) = configs_from_args(build_parser().parse_args(args))
+    assert config.tasks == ML.SYNTHETIC_TASKS and config.data.findings  # naming a finding turns findings on
+    assert config.pneumonia_label_fraction == 0.5
+    (every,) = configs_from_args(build_parser().parse_args(["--model", "hw3_cnn", "--tasks", "all"]))
+    assert every.tasks == ML.SYNTHETIC_TASKS and every.data.findings
+    (plain,) = configs_from_args(build_parser().parse_args(["--model", "hw3_cnn", "--findings"]))
+    assert plain.data.findings and plain.tasks == ()
+
+    assert cli_main(args + ["--runs-dir", str(tmp_path / "runs"), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    epoch, end = lines[0], lines[-1]
+    assert {f"val_auc_{t}" for t in ML.SYNTHETIC_TASKS} <= set(epoch)
+    assert end["status"] == "finished" and end["tasks"] == list(ML.SYNTHETIC_TASKS)
+    assert set(end["per_label_auc"]["val"]) == set(ML.SYNTHETIC_TASKS)
+    assert cli_main(["--model", "hw3_cnn", "--tasks", "pneumonia", "--loss", "ce",
+                     "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "loss 'bce'" in capsys.readouterr().err
