@@ -194,7 +194,9 @@ def per_label_table(summary: dict, split: str = "val") -> list[dict]:
     """Rows for a table: one per task with AUC, sensitivity, specificity and the confusion counts."""
     report = ((summary or {}).get("splits") or {}).get(split) or {}
     rows = []
-    for task, r in (report.get("labels") or {}).items():
+    labels = report.get("labels") or {}
+    for task in [t for t in (summary or {}).get("tasks") or labels if t in labels]:  # the run's order
+        r = labels[task]
         rows.append({"task": task, "AUC": r["auc"], "sensitivity": r["sensitivity"], "specificity": r["specificity"],
                      "TP": r["tp"], "FN": r["fn"], "FP": r["fp"], "TN": r["tn"], "positives": r["positives"],
                      "images": r["n"]})
@@ -267,3 +269,16 @@ def epoch_text(record: dict) -> str:
     parts = [f"{key.removeprefix('val_auc_')} {value:.3f}" for key, value in record.items()
              if key.startswith("val_auc_") and isinstance(value, (int, float))]
     return f"  val AUC {' · '.join(parts)}" if parts else ""
+
+
+def task_choices(spec) -> tuple[str, ...]:
+    """The findings a data source can train (the Train page's choices): pneumonia, plus the synthetic
+    set's cardiomegaly and effusion, or ChestMNIST's / NIH's 14 findings."""
+    from explore.data.chestmnist import FINDINGS as NIH_FINDINGS, is_chestmnist
+
+    kind, _, arg = spec.source.partition(":")
+    if kind == "synthetic":
+        return SYNTHETIC_TASKS
+    if (kind == "medmnist" and is_chestmnist(arg)) or (kind == "xrv" and arg.startswith("nih:")):
+        return (PNEUMONIA,) + tuple(n for n in NIH_FINDINGS if n != PNEUMONIA)
+    return (PNEUMONIA,)

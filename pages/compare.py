@@ -5,6 +5,7 @@ import streamlit as st
 
 from explore import compare, report
 from explore.store import StoreError
+from pages import multitask_section
 from pages.common import job_manager, queue_runs, run_store, status_badge
 
 st.title("📊 Compare runs")
@@ -86,6 +87,7 @@ st.dataframe(table.drop(columns=["run_id"]), hide_index=True, width="stretch",
 st.caption("Only the settings that differ between the selected runs are shown. Best epoch = lowest "
            "validation loss. Click a column header to sort.")
 st.download_button("Download the table (CSV)", compare.table_csv(table), "runs.csv", "text/csv", on_click="ignore")
+multitask_section.compare(chosen)  # per-finding AUC curves when multi-label runs are selected
 
 sweep_tab, repeat_tab, files_tab = st.tabs(["Sweep a setting", "Repeat with seeds", "Export and delete"])
 base_options = [r.run_id for r in chosen if r.config is not None]

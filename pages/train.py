@@ -17,6 +17,7 @@ from explore.presets import PRESETS, at_image_size
 from explore.settings import NotAllowed, gate_request
 from explore.share import decode_config, encode_config, export_run_bundle, import_run_bundle
 from explore.store import RunStore, StoreError
+from pages import multitask_section
 from pages.common import (app_settings, bundle_or_stop, current_data_spec, job_manager, queue_runs, run_store,
                           status_badge)
 
@@ -90,6 +91,7 @@ def custom_config() -> RunConfig | None:
         loss = st.radio("Loss", ["bce", "ce"] if two_classes else ["ce"], horizontal=True, key="loss",
                         format_func={"bce": "BCE (1 output)", "ce": "cross-entropy (K outputs)"}.get)
         class_weights = st.checkbox("Class weights (inverse frequency)", key="class_weights")
+        multitask = multitask_section.options(spec)  # {} unless several findings are chosen
         st.markdown("**Run**")
         seed_col, name_col = st.columns(2)
         seed = seed_col.number_input("Seed", 0, 10**6, 0, key="seed")
@@ -143,7 +145,8 @@ def custom_config() -> RunConfig | None:
             step_size=int(step_size), gamma=float(gamma), batch_size=batch_size, epochs=int(epochs),
             early_stopping_patience=int(patience), restore_best=restore_best, augment=tuple(augment),
             input_norm=input_norm, train_dev_fraction=train_dev / 100, seed=int(seed), device=device,
-            precision=precision, name=name or automatic_name(model, options, optimizer, lr), **transfer_settings)
+            precision=precision, name=name or automatic_name(model, options, optimizer, lr), **transfer_settings,
+        ).replace(**multitask)
 
     lr_finder_panel(build, find_lr)
     if not st.button("Train", type="primary", key="train_custom"):
@@ -308,6 +311,7 @@ def live_view(run_ids: list[str], finished_before: set[str]) -> None:
         charts.append((loss_col, report.LR_METRIC))
     for column, metric in charts:
         column.vega_lite_chart(curves_spec(str(store.root), tuple(run_ids), epochs_so_far, metric), width="stretch")
+    multitask_section.live_auc(records, acc_col)  # per-finding AUC curves of multi-label runs
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -328,6 +332,11 @@ def final_results(record) -> None:
     message = record.damaged or summary.get("message", "")
     {"finished": st.success, "stopped": st.info, "diverged": st.warning}.get(state, st.error)(
         f"{status_badge(state)} — {message}")
+    if summary.get("tasks"):  # a multi-label run: results per finding
+        multitask_section.results(record, store)
+        run_settings(record)
+        share_run(record)
+        return
     table = report.metrics_table(summary)
     if table.empty:
         return

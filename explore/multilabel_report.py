@@ -1,0 +1,140 @@
+"""Tables and charts of multi-label runs (explore/multilabel.py) for the Train and Compare pages.
+
+Per label: AUC per epoch (one line per finding), the AUC, sensitivity, specificity and confusion
+counts at threshold 0.5, the 2×2 confusion matrix and the ROC curve. Plain functions of stored
+summaries, metrics and predictions, so tests and the CLI can call them too.
+"""
+from __future__ import annotations
+
+import math
+
+import altair as alt
+import pandas as pd
+import torch
+
+from explore.metrics import auc, roc_curve
+from explore.multilabel import known
+from explore.report import SPLIT_LABELS, confusion_frame
+
+TABLE_COLUMNS = ["split", "task", "AUC", "sensitivity", "specificity", "TP", "FN", "FP", "TN", "positives", "images"]
+
+
+def is_multilabel(record) -> bool:
+    """A stored run trained with tasks (RunRecord, or anything with .config and .summary)."""
+    config = getattr(record, "config", None)
+    return bool(config is not None and config.tasks) or bool((getattr(record, "summary", None) or {}).get("tasks"))
+
+
+def tasks_of(record) -> list[str]:
+    config = getattr(record, "config", None)
+    return list(config.tasks) if config is not None and config.tasks else list((record.summary or {}).get("tasks", []))
+
+
+def per_label_frame(summary: dict, splits: tuple[str, ...] = ("val", "test")) -> pd.DataFrame:
+    """One row per split and task: AUC, sensitivity, specificity and the confusion counts at 0.5."""
+    rows = []
+    for split in splits:
+        labels = (((summary or {}).get("splits") or {}).get(split) or {}).get("labels") or {}
+        for task in [t for t in summary.get("tasks") or labels if t in labels]:  # the run's order (JSON sorts keys)
+            r = labels[task]
+            rows.append({"split": SPLIT_LABELS.get(split, split), "task": task, "AUC": r["auc"],
+                         "sensitivity": r["sensitivity"], "specificity": r["specificity"], "TP": r["tp"],
+                         "FN": r["fn"], "FP": r["fp"], "TN": r["tn"], "positives": r["positives"], "images": r["n"]})
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def label_confusion(summary: dict, split: str, task: str) -> pd.DataFrame:
+    """The 2×2 matrix of one label (rows true, columns predicted), in report.confusion_frame's form."""
+    r = summary["splits"][split]["labels"][task]
+    return confusion_frame([[r["tn"], r["fp"]], [r["fn"], r["tp"]]], [f"no {task}", task])
+
+
+def auc_frame(records: list, labels: dict[str, str] | None = None,
+              splits: tuple[str, ...] = ("val", "test")) -> pd.DataFrame:
+    """Per-epoch AUC of every label of every multi-label run: DataFrame(run, epoch, split, task, AUC)."""
+    rows = []
+    for record in records:
+        name = (labels or {}).get(record.run_id, record.label)
+        for metrics in record.metrics:
+            for split in splits:
+                for task in tasks_of(record):
+                    value = metrics.get(f"{split}_auc_{task}")
+                    if isinstance(value, (int, float)) and math.isfinite(value):
+                        rows.append({"run": name, "epoch": metrics["epoch"], "split": SPLIT_LABELS.get(split, split),
+                                     "task": task, "AUC": float(value)})
+    return pd.DataFrame(rows, columns=["run", "epoch", "split", "task", "AUC"])
+
+
+def auc_chart(frame: pd.DataFrame, height: int = 260) -> alt.Chart:
+    """AUC per epoch, colour = finding. One run: line style = split; several runs: line style = run."""
+    several_runs = frame["run"].nunique() > 1
+    if several_runs:
+        frame = frame[frame["split"] == SPLIT_LABELS["val"]]
+    dash = "run:N" if several_runs else "split:N"
+    return alt.Chart(frame).mark_line(point=not several_runs).encode(
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(format="d", tickMinStep=1)),
+        y=alt.Y("AUC:Q", title="AUC" + (" (val)" if several_runs else ""), scale=alt.Scale(zero=False)),
+        color=alt.Color("task:N", title="finding", scale=alt.Scale(scheme="category10")),
+        strokeDash=alt.StrokeDash(dash, title="run" if several_runs else "split",
+                                  legend=alt.Legend(labelLimit=260)),
+        tooltip=["run:N", "split:N", "task:N", "epoch:Q", alt.Tooltip("AUC:Q", format=".3f")],
+    ).properties(height=height, title="AUC per finding, per epoch")
+
+
+def roc_frame(predictions: dict, split: str, tasks: list[str]) -> pd.DataFrame:
+    """ROC curve of every label on one split (known labels only): DataFrame(task, fpr, tpr)."""
+    frames = []
+    if split not in predictions:
+        return pd.DataFrame(columns=["task", "fpr", "tpr"])
+    targets = predictions[split]["labels"].float()
+    probs = predictions[split]["probs"].float().reshape(len(targets), -1)
+    for j, task in enumerate(tasks):
+        mask = known(targets[:, j])
+        y, p = targets[mask, j].bool(), probs[mask, j]
+        value = auc(y, p)
+        if value is None:
+            continue
+        fpr, tpr, _ = roc_curve(y, p)
+        frames.append(pd.DataFrame({"task": f"{task} · AUC {value:.3f}", "fpr": fpr.numpy(), "tpr": tpr.numpy()}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["task", "fpr", "tpr"])
+
+
+def roc_chart(frame: pd.DataFrame, split: str) -> alt.Chart:
+    curves = alt.Chart(frame).mark_line(interpolate="step-after").encode(
+        x=alt.X("fpr:Q", title="false-positive rate", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("tpr:Q", title="true-positive rate", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("task:N", title=None, scale=alt.Scale(scheme="category10"),
+                        legend=alt.Legend(orient="bottom-right", fillColor="white", labelLimit=300)))
+    chance = alt.Chart(pd.DataFrame({"fpr": [0, 1], "tpr": [0, 1]})).mark_line(
+        strokeDash=[4, 4], color="gray").encode(x="fpr:Q", y="tpr:Q")
+    return (chance + curves).properties(title=f"ROC per finding · {SPLIT_LABELS.get(split, split)}", height=300)
+
+
+def auc_columns(record) -> dict[str, float | None]:
+    """Compare table columns: 'val AUC · pneumonia', 'test AUC · pneumonia', ... (last epoch while running)."""
+    if not is_multilabel(record):
+        return {}
+    summary, metrics = record.summary or {}, record.metrics
+    columns = {}
+    for split in ("val", "test"):
+        labels = ((summary.get("splits") or {}).get(split) or {}).get("labels")
+        for task in tasks_of(record):
+            value = labels[task]["auc"] if labels and task in labels else (
+                metrics[-1].get(f"{split}_auc_{task}") if metrics else None)
+            columns[f"{split} AUC · {task}"] = value
+    return columns
+
+
+def targets_at(predictions: dict, split: str, task_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels 0/1 with -1 unknown, probabilities) of one label on one split, for browsing by outcome."""
+    targets = predictions[split]["labels"].float()
+    probs = predictions[split]["probs"].float().reshape(len(targets), -1)[:, task_index]
+    column = targets[:, task_index]
+    return torch.where(torch.isnan(column), -1.0, column).long(), probs
+
+
+def report_confusion_chart(summary: dict, split: str, task: str) -> alt.Chart:
+    """One label's 2×2 confusion heatmap, drawn by the single-task confusion chart."""
+    from explore.report import confusion_chart
+
+    return confusion_chart(label_confusion(summary, split, task), f"{task} · {SPLIT_LABELS.get(split, split)}")
