@@ -71,8 +71,12 @@ for warning in loaded.warnings:
 left, middle, right = st.columns([3, 2, 2])
 method = left.radio("Method", list(attr.METHODS), format_func=lambda m: attr.METHODS[m].title, horizontal=True,
                     key="saliency_method")
-target = middle.radio("Explain the log-odds of", attr.TARGETS, horizontal=True, key="saliency_target",
-                      format_func={"positive": "PNEUMONIA", "predicted": "the predicted class"}.get)
+if loaded.config.tasks:  # multi-label run: explain any one finding (its own sigmoid output)
+    target = middle.selectbox("Explain the log-odds of the finding", range(len(loaded.config.tasks)),
+                              format_func=loaded.config.tasks.__getitem__, key="saliency_finding")
+else:
+    target = middle.radio("Explain the log-odds of", attr.TARGETS, horizontal=True, key="saliency_target",
+                          format_func={"positive": "PNEUMONIA", "predicted": "the predicted class"}.get)
 smooth = right.toggle("SmoothGrad (NoiseTunnel)", key="saliency_smooth", disabled=not attr.METHODS[method].smoothable,
                       help="Average the map over 8 noisy copies of the image: less speckle, 8× the compute")
 smooth = smooth and attr.METHODS[method].smoothable
@@ -88,7 +92,7 @@ BROWSE = {"all": "All", "correct": "Correct", "wrong": "Wrong", "cell": "Confusi
 per_split = st.slider("Images per split", 2, 12, 4, key="saliency_n")
 browse = st.radio("Show", list(BROWSE), format_func=BROWSE.get, horizontal=True, key="saliency_browse")
 cell = tuple(st.session_state.get("saliency_cell", (1, 0)))
-classes = loaded.bundle.classes
+classes = loaded.outcome_classes(target)  # a multi-label run: the chosen finding absent / present
 
 
 def pick_cell(true: int, predicted: int):
@@ -108,7 +112,7 @@ for column, split in zip(columns, ("val", "test")):
         if stored is None or len(stored["labels"]) == 0:
             st.info(f"This run has no {split} predictions.")
             continue
-        outcome = attr.outcomes(stored["probs"], stored["labels"])
+        outcome = loaded.outcomes(split, target)
         matrix = [[int(((outcome["labels"] == t) & (outcome["predicted"] == p)).sum()) for p in range(len(classes))]
                   for t in range(len(classes))]
         st.caption("Confusion matrix (rows: true class, columns: predicted). Click a cell to see its X-rays.")
@@ -127,11 +131,11 @@ for column, split in zip(columns, ("val", "test")):
         cards = st.columns(2)
         for row, i in enumerate(index):
             extra = " · ".join(f"{name} share {values[row]:.0%}" for name, values in pictures["shares"].items()
-                               if name in ("lesion", "marker") and values[row] is not None)
+                               if name in ("lesion", "marker", "cardiomegaly", "effusion") and values[row] is not None)
             with cards[row % 2]:
                 st.image(pictures["pairs"][row], width="stretch",
                          caption=f"original | {attr.METHODS[method].title} → {pictures['targets'][row]}")
-                st.caption(attr.describe_image(loaded, split, i, outcome) + (f" · {extra}" if extra else ""))
+                st.caption(attr.describe_image(loaded, split, i, outcome, classes) + (f" · {extra}" if extra else ""))
 
 # ----- can the maps be trusted?
 st.header("Do the maps mean anything?")
