@@ -282,3 +282,13 @@ def task_choices(spec) -> tuple[str, ...]:
     if (kind == "medmnist" and is_chestmnist(arg)) or (kind == "xrv" and arg.startswith("nih:")):
         return (PNEUMONIA,) + tuple(n for n in NIH_FINDINGS if n != PNEUMONIA)
     return (PNEUMONIA,)
+
+
+def reproduce_flags(config) -> list[str]:
+    """The `python -m explore train` flags that give back a run's multi-task settings (explore/reproduce.py)."""
+    flags = ["--findings"] if config.data.findings else []
+    if config.tasks:
+        flags += ["--tasks", ",".join(config.tasks)]
+    if config.pneumonia_label_fraction != 1.0:
+        flags += ["--pneumonia-label-fraction", str(config.pneumonia_label_fraction)]
+    return flags

@@ -46,7 +46,7 @@ def per_label_frame(summary: dict, splits: tuple[str, ...] = ("val", "test")) ->
 def label_confusion(summary: dict, split: str, task: str) -> pd.DataFrame:
     """The 2×2 matrix of one label (rows true, columns predicted), in report.confusion_frame's form."""
     r = summary["splits"][split]["labels"][task]
-    return confusion_frame([[r["tn"], r["fp"]], [r["fn"], r["tp"]]], [f"no {task}", task])
+    return confusion_frame([[r["tn"], r["fp"]], [r["fn"], r["tp"]]], ["absent", "present"])  # the title names it
 
 
 def auc_frame(records: list, labels: dict[str, str] | None = None,

@@ -316,3 +316,32 @@ def test_cli_trains_a_multi_label_run_and_prints_per_label_auc(tmp_path, monkeyp
     assert cli_main(["--model", "hw3_cnn", "--tasks", "pneumonia", "--loss", "ce",
                      "--runs-dir", str(tmp_path / "runs")]) == 2
     assert "loss 'bce'" in capsys.readouterr().err
+
+
+def test_reproduce_command_gives_back_the_multi_task_run():
+    import shlex
+
+    from explore.reproduce import reproduce_command
+    from explore.train_cli import build_parser, configs_from_args
+
+    single, multi = PRESETS["lecture_multitask"].configs(quick=True)
+    for config in (single, multi):
+        command = shlex.split(reproduce_command(config))
+        assert "--tasks" in command and "--findings" in command
+        (back,) = configs_from_args(build_parser().parse_args(command[4:]))
+        assert back.replace(group=config.group) == config
+
+
+def test_compare_table_has_per_finding_auc_columns(tmp_path):
+    from explore.compare import comparison_table
+    from explore.store import RunRecord
+
+    config = RunConfig(data=DataSpec(findings=True), tasks=("pneumonia", "effusion"), name="two findings")
+    summary = {"tasks": ["pneumonia", "effusion"], "splits": {
+        "val": {"labels": {"pneumonia": {"auc": 0.61}, "effusion": {"auc": 0.97}}},
+        "test": {"labels": {"pneumonia": {"auc": 0.55}, "effusion": {"auc": 0.93}}}}}
+    multi = RunRecord(run_id="m", path=tmp_path / "m", config=config, summary=summary, metrics=[])
+    plain = RunRecord(run_id="p", path=tmp_path / "p", config=RunConfig(name="plain"), summary={}, metrics=[])
+    table = comparison_table([plain, multi])
+    assert table.loc[1, "val AUC · effusion"] == 0.97 and table.loc[1, "test AUC · pneumonia"] == 0.55
+    assert math.isnan(table.loc[0, "val AUC · effusion"])
