@@ -78,3 +78,12 @@ def test_saliency_page_explains_the_chosen_finding(runs_root, bundle, monkeypatc
     captions = [c.value for c in at.caption if " · true " in c.value]
     assert len(captions) == 8 and all("P(effusion)" in c for c in captions)
     assert any(b.key == "cell_val_1_1" and b.label.startswith("TP") for b in at.button)
+
+
+def test_mismatch_page_says_it_analyses_single_task_runs(runs_root, bundle, monkeypatch):
+    monkeypatch.setenv("EXPLORE_RUNS_DIR", str(runs_root))
+    monkeypatch.setattr(pages.common, "cached_bundle", lambda spec: bundle)
+    at = AppTest.from_file(str(ROOT / "pages" / "mismatch.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("multi-label run" in i.value for i in at.info)

@@ -160,7 +160,16 @@ class DataBundle:
             "splits": self.counts(),
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "original_sizes": self.original_size_summary(),
-        } | self._real_data_json()
+        } | self._real_data_json() | self._findings_json()
+
+    def _findings_json(self) -> dict:
+        """Multi-label findings: per split, the images with each finding (unknown labels not counted)."""
+        if not self.finding_names:
+            return {}
+        return {"finding_names": list(self.finding_names),
+                "findings": {name: {f: int(torch.nan_to_num(split.findings[:, j]).sum())
+                                    for j, f in enumerate(self.finding_names)}
+                             for name, split in self.splits.items()}}
 
     def _real_data_json(self) -> dict:
         """For the public X-ray sets: how images were selected and label vs view / age / sex."""
