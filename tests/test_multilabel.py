@@ -61,6 +61,7 @@ def test_findings_are_independent_of_pneumonia_and_drawn_at_their_rate(with_find
         assert 0.2 < float(present.mean()) < 0.4, name  # rate 0.3
         # the same rate with and without pneumonia (independent), within sampling noise of 120 images each
         assert abs(float(present[pneumonia].mean()) - float(present[~pneumonia].mean())) < 0.15, name
+    assert with_findings.to_json()["findings"]["train"]["effusion"] == int(train.findings[:, 1].sum())
     both = (train.findings.sum(dim=1) == 2).float().mean()
     assert 0.03 < float(both) < 0.2  # several findings on one image: about 0.3 × 0.3
 

@@ -106,7 +106,7 @@ def read_nih(path: str) -> pd.DataFrame:
     group = np.where(findings.str.contains("Pneumonia"), "PNEUMONIA",
                      np.where(findings == "No Finding", "NORMAL", OTHER_FINDINGS))
     view = table["View Position"].astype(str)
-    labels = findings.str.lower().str.split("|")
+    present = findings.str.lower().str.get_dummies(sep="|")  # one 0/1 column per finding named in the row
     return pd.DataFrame({
         "key": table["Image Index"].astype(str),
         "group": _frontal(view, pd.Series(group), ("PA", "AP")),
@@ -114,7 +114,7 @@ def read_nih(path: str) -> pd.DataFrame:
         "view": view,
         "age": pd.to_numeric(table.get("Patient Age"), errors="coerce"),
         "sex": table.get(sex_column, pd.Series([None] * len(table))),
-    } | {f"finding:{name}": labels.map(lambda found, n=name: float(n in found)) for name in NIH_FINDINGS})
+    } | {f"finding:{name}": present[name].astype(float) if name in present else 0.0 for name in NIH_FINDINGS})
 
 
 def read_nih_boxes(path: str) -> dict[str, list[tuple[float, float, float, float]]]:
