@@ -138,3 +138,29 @@ def report_confusion_chart(summary: dict, split: str, task: str) -> alt.Chart:
     from explore.report import confusion_chart
 
     return confusion_chart(label_confusion(summary, split, task), f"{task} · {SPLIT_LABELS.get(split, split)}")
+
+
+FINDING_COLOURS = {"cardiomegaly": (220, 60, 220), "effusion": (40, 140, 255)}  # RGB outlines
+
+
+def finding_examples(image_size: int = 128, seed: int = 0) -> list[dict]:
+    """One synthetic image per combination (none, cardiomegaly, effusion, both) with the findings
+    outlined: the Data page's look at what the multi-task findings are."""
+    from explore.data.synthetic import FINDINGS, generate_synthetic
+    from explore.report import grey, outline_mask
+
+    train = generate_synthetic(image_size=image_size, seed=seed, findings=True, n_train=32, n_val=10, n_test=10).train
+    examples = []
+    for wanted in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        hits = torch.nonzero((train.findings == torch.tensor(wanted, dtype=torch.float)).all(dim=1)).flatten()
+        if not len(hits):
+            continue
+        i = int(hits[0])
+        picture = grey(train.images[i])[..., None].repeat(3, axis=2)
+        for name in FINDINGS:
+            if train.masks[name][i].any():
+                picture = outline_mask(picture, train.masks[name][i], FINDING_COLOURS[name])
+        present = [name for name, flag in zip(FINDINGS, wanted) if flag]
+        examples.append({"picture": picture, "caption": " + ".join(present) or "no finding",
+                         "label": train.labels[i].item()})
+    return examples

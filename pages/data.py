@@ -16,6 +16,7 @@ from explore.data.synthetic import KNOBS, SHIFT_KNOBS, no_shift_knobs, render_pa
 from explore.data.upload import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, save_upload
 from explore.settings import NotAllowed, check_source_allowed, check_upload_allowed
 from explore.data.xrv import load_xrv
+from pages import multitask_section
 from pages.common import DECODED_FOLDERS, app_settings, cached_bundle, current_data_spec, default_data_spec
 from pages.real_data import real_data_card, show_label_vs_metadata, show_selection, xrv_picker
 
@@ -194,6 +195,7 @@ if source == "synthetic":
                 picture = report.overlay_masks(view["image"], view) if show_masks else report.grey(view["image"])
                 column.image(picture, caption=f"site {site} ({'train/val' if site == 'A' else 'test'})",
                              width="stretch")
+            multitask_section.data_preview(int(seed))  # the findings multi-task runs add
 
 # ----- 3. load it ---------------------------------------------------------------------------------
 try:

@@ -84,3 +84,19 @@ def compare(records) -> None:
         return
     st.subheader("Per-finding AUC (multi-label runs)")
     st.altair_chart(mlr.auc_chart(frame), width="stretch")
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _examples(seed: int) -> list[dict]:
+    return mlr.finding_examples(128, seed)
+
+
+def data_preview(seed: int) -> None:
+    """Data page: what the multi-task findings look like (drawn only in multi-task runs)."""
+    with st.expander("🧩 Findings for multi-task learning: cardiomegaly and pleural effusion"):
+        st.caption("Turned on per run (Train page: *Multi-task learning*; CLI: `--findings`). Each is drawn in 30% of "
+                   "the images, independently of pneumonia. Outlined: the enlarged heart (magenta; cardiothoracic "
+                   "ratio > 0.5) and the fluid at a lung base (blue; its meniscus blunts the costophrenic angle).")
+        examples = _examples(seed)
+        for column, example in zip(st.columns(len(examples)), examples):
+            column.image(example["picture"], caption=example["caption"], width="stretch")

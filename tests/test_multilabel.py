@@ -346,3 +346,14 @@ def test_compare_table_has_per_finding_auc_columns(tmp_path):
     table = comparison_table([plain, multi])
     assert table.loc[1, "val AUC · effusion"] == 0.97 and table.loc[1, "test AUC · pneumonia"] == 0.55
     assert math.isnan(table.loc[0, "val AUC · effusion"])
+
+
+def test_data_page_examples_show_each_combination_of_findings():
+    from explore.multilabel_report import FINDING_COLOURS, finding_examples
+
+    examples = finding_examples(64, seed=0)
+    assert [e["caption"] for e in examples] == ["no finding", "cardiomegaly", "effusion", "cardiomegaly + effusion"]
+    plain, both = examples[0]["picture"], examples[3]["picture"]
+    assert plain.shape == (64, 64, 3) and (plain[..., 0] == plain[..., 1]).all()  # grey: nothing outlined
+    for colour in FINDING_COLOURS.values():
+        assert (both == colour).all(axis=2).any()
