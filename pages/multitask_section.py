@@ -98,5 +98,6 @@ def data_preview(seed: int) -> None:
                    "the images, independently of pneumonia. Outlined: the enlarged heart (magenta; cardiothoracic "
                    "ratio > 0.5) and the fluid at a lung base (blue; its meniscus blunts the costophrenic angle).")
         examples = _examples(seed)
-        for column, example in zip(st.columns(len(examples)), examples):
-            column.image(example["picture"], caption=example["caption"], width="stretch")
+        for row in range(0, len(examples), 2):  # two to a row: the preview column is narrow
+            for column, example in zip(st.columns(2), examples[row:row + 2]):
+                column.image(example["picture"], caption=example["caption"], width="stretch")
