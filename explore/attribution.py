@@ -749,7 +749,7 @@ def explain_images(loaded: LoadedRun, split_name: str, index: list[int], method:
 def describe_image(loaded: LoadedRun, split_name: str, i: int, outcome: dict[str, torch.Tensor],
                    classes: tuple[str, ...] | None = None) -> str:
     """One caption line: id, true class, P(pneumonia) from predictions.pt, the prediction, right or wrong."""
-    score_name = "disease" if classes is None else classes[-1]  # multi-label: the finding's probability
+    score_name = classes[-1] if loaded.config.tasks and classes else "disease"  # multi-label: P(finding)
     classes = classes or loaded.bundle.classes
     ident = loaded.split(split_name).ids[i].rsplit("/", 1)[-1]
     mark = "✅" if bool(outcome["correct"][i]) else "❌"
