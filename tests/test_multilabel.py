@@ -357,3 +357,13 @@ def test_data_page_examples_show_each_combination_of_findings():
     assert plain.shape == (64, 64, 3) and (plain[..., 0] == plain[..., 1]).all()  # grey: nothing outlined
     for colour in FINDING_COLOURS.values():
         assert (both == colour).all(axis=2).any()
+
+
+def test_class_weights_weigh_each_labels_positives_by_its_negatives():
+    config = RunConfig(tasks=("pneumonia", "effusion"), class_weights=True)
+    targets = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [float("nan"), 0.0]])
+    loss = ML.make_loss(config, targets, torch.device("cpu"))
+    logits = torch.zeros(4, 2)
+    # pneumonia: 1 positive, 2 negatives known → weight 2; effusion: 1 positive, 3 negatives → weight 3
+    expected = math.log(2) * (2 * 1 + 2) + math.log(2) * (3 * 1 + 3)
+    assert float(loss(logits, targets)) == pytest.approx(expected)
