@@ -257,7 +257,8 @@ def resolve_target(explainer: Explainer, x: torch.Tensor, target, log_odds: torc
         return target.to(x.device).long()
     if isinstance(target, int) and not isinstance(target, bool):  # one class or finding for every image
         if not 0 <= target < explainer.num_classes:
-            raise ValueError(f"target index {target} is not one of the {explainer.num_classes} outputs {explainer.classes}")
+            raise ValueError(f"target index {target} is not one of the {explainer.num_classes} outputs "
+                             f"{explainer.classes}")
         return torch.full((len(x),), target, dtype=torch.long, device=x.device)
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS} or a tensor of class indices; got {target!r}")
@@ -753,7 +754,8 @@ def describe_image(loaded: LoadedRun, split_name: str, i: int, outcome: dict[str
     classes = classes or loaded.bundle.classes
     ident = loaded.split(split_name).ids[i].rsplit("/", 1)[-1]
     mark = "✅" if bool(outcome["correct"][i]) else "❌"
-    return (f"{ident} · true {classes[int(outcome['labels'][i])]} · P({score_name}) {float(outcome['disease_prob'][i]):.2f} "
+    return (f"{ident} · true {classes[int(outcome['labels'][i])]} · "
+            f"P({score_name}) {float(outcome['disease_prob'][i]):.2f} "
             f"→ {classes[int(outcome['predicted'][i])]} {mark}")
 
 

@@ -231,8 +231,8 @@ class TrainingRun:
         for name, split in splits.items():
             targets = None
             if self.tasks:  # N×K targets; train may drop images that lost all their labels
-                split, targets = (multilabel.training_split(split, self.bundle, self.config, self.tasks)
-                                  if name == "train" else (split, multilabel.split_targets(split, self.bundle, self.tasks)))
+                split, targets = (multilabel.training_split(split, self.bundle, self.config, self.tasks) if name == "train"
+                                  else (split, multilabel.split_targets(split, self.bundle, self.tasks)))
             if len(split) == 0 and name != "test":
                 raise ValueError(f"the {name} split is empty: a run needs training and validation images")
             images = split.images

@@ -26,7 +26,8 @@ def options(spec) -> dict:
             return {}
         on = st.checkbox("Train on several findings (multi-label)", key="mt_on",
                          help="One image, several labels (the lecture's last topic): the same layers are shared, "
-                              "each finding gets its own sigmoid output and BCE; unknown labels are left out of the loss.")
+                              "each finding gets its own sigmoid output and BCE; unknown labels are left out of "
+                              "the loss.")
         tasks = st.multiselect("Findings", choices, default=list(choices[:3]), key="mt_tasks", disabled=not on)
         share = st.select_slider("Pneumonia labels kept in train", LABEL_SHARES, value=1.0, key="mt_share",
                                  format_func="{:.0%}".format, disabled=not on,
