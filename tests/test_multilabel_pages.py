@@ -1,4 +1,4 @@
-"""Saliency per finding: multi-label runs are explained one finding (one sigmoid output) at a time."""
+"""Multi-label runs on the Saliency (one finding at a time), Mismatch and Compare pages."""
 from __future__ import annotations
 
 import os
@@ -87,3 +87,13 @@ def test_mismatch_page_says_it_analyses_single_task_runs(runs_root, bundle, monk
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("multi-label run" in i.value for i in at.info)
+
+
+def test_compare_page_shows_per_finding_auc(runs_root, bundle, monkeypatch):
+    monkeypatch.setenv("EXPLORE_RUNS_DIR", str(runs_root))
+    at = AppTest.from_file(str(ROOT / "pages" / "compare.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Per-finding AUC (multi-label runs)" in [s.value for s in at.subheader]
+    table = next(df.value for df in at.dataframe if "val AUC · effusion" in df.value.columns)
+    assert {f"test AUC · {t}" for t in TASKS} <= set(table.columns)
