@@ -68,4 +68,5 @@ def test_the_multi_task_preset_brings_its_data_with_findings(store):
     at.selectbox(key="preset").set_value("lecture_multitask")
     run_page(at)
     assert any("pneumonia + cardiomegaly + effusion" in str(df.value) for df in at.dataframe)
-    assert any("brings its own data" in c.value for c in at.caption)
+    assert any("brings its own data" in c.value and "with findings (cardiomegaly, effusion)" in c.value
+               for c in at.caption)
