@@ -18,7 +18,9 @@ What every map explains: the log-odds of one class, log p/(1−p). For a BCE mod
 PNEUMONIA log-odds is the model's single logit (so target "positive" is exactly the logit);
 for a cross-entropy model it is computed from the logits with the softmax. Target
 "positive" explains PNEUMONIA (with three classes: the more likely of the two disease
-classes); target "predicted" explains whichever class the model predicted.
+classes); target "predicted" explains whichever class the model predicted. A multi-label run
+(RunConfig.tasks, explore/multilabel.py) has one sigmoid per finding: each logit is that finding's
+log-odds, and the target is a finding's index (an int), so the Saliency page explains any finding.
 
 Looking never changes the model: attribution runs on an eval-mode deep copy with in-place
 activations turned off and gradients enabled (also for frozen backbones), and images go
@@ -82,6 +84,8 @@ METHODS: dict[str, MethodInfo] = {
     ]
 }
 TARGETS = ("positive", "predicted")
+# The split's own masks that attribution shares are measured in (the findings' only with findings on).
+REGION_MASKS = ("lung", "lesion", "marker", "cardiomegaly", "effusion")
 # Above this rank correlation with the trained model's map after randomising every layer, a
 # method's maps mostly reflect the image (edges, brightness), not what the model learned.
 SANITY_WARN_SPEARMAN = 0.5
@@ -114,6 +118,17 @@ class ClassLogOdds(nn.Module):
         diagonal = torch.eye(k, dtype=torch.bool, device=logits.device)
         others = others.masked_fill(diagonal, float("-inf"))
         return logits - torch.logsumexp(others, dim=2)
+
+
+class LabelLogOdds(nn.Module):
+    """Wraps a multi-label classifier: its K logits are already the K findings' log-odds log p/(1−p)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).float()
 
 
 def forward_order(model: nn.Module, example: torch.Tensor, kinds=(nn.Conv2d, nn.Linear)) -> list[tuple[str, nn.Module]]:
@@ -159,8 +174,9 @@ class Explainer:
     image_size: int
     gradcam_layer: nn.Module | None = None
     gradcam_layer_name: str | None = None
-    classes: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
+    classes: tuple[str, ...] = ("NORMAL", "PNEUMONIA")  # a multi-label run: its tasks (findings)
     channels_last: bool = False
+    multilabel: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -192,7 +208,8 @@ def attribution_copy(model: nn.Module, device: torch.device | str | None = None)
 
 
 def make_explainer(model: nn.Module, pipeline: InputPipeline, image_size: int,
-                   device: torch.device | str | None = None, classes: tuple[str, ...] = ("NORMAL", "PNEUMONIA")) -> Explainer:
+                   device: torch.device | str | None = None, classes: tuple[str, ...] = ("NORMAL", "PNEUMONIA"),
+                   multilabel: bool = False) -> Explainer:
     device = torch.device(device or "cpu")
     clone = attribution_copy(model, device)
     example = torch.zeros(1, 1, image_size, image_size, device=device)
@@ -200,9 +217,10 @@ def make_explainer(model: nn.Module, pipeline: InputPipeline, image_size: int,
     name, layer = convs[-1] if convs else (None, None)
     if convs:  # conv nets run faster channels-last on CPUs and GPUs (as in training)
         clone = clone.to(memory_format=torch.channels_last)
-    return Explainer(model=clone, scorer=ClassLogOdds(clone), pipeline=pipeline, device=device,
+    scorer = LabelLogOdds(clone) if multilabel else ClassLogOdds(clone)
+    return Explainer(model=clone, scorer=scorer, pipeline=pipeline, device=device,
                      image_size=image_size, gradcam_layer=layer, gradcam_layer_name=name, classes=tuple(classes),
-                     channels_last=bool(convs))
+                     channels_last=bool(convs), multilabel=multilabel)
 
 
 def pipeline_for_run(config: RunConfig, summary: dict | None = None, bundle: DataBundle | None = None) -> InputPipeline:
@@ -237,8 +255,16 @@ def resolve_target(explainer: Explainer, x: torch.Tensor, target, log_odds: torc
     """Class index per image whose log-odds the map explains ("positive", "predicted" or explicit indices)."""
     if isinstance(target, torch.Tensor):
         return target.to(x.device).long()
+    if isinstance(target, int) and not isinstance(target, bool):  # one class or finding for every image
+        if not 0 <= target < explainer.num_classes:
+            raise ValueError(f"target index {target} is not one of the {explainer.num_classes} outputs "
+                             f"{explainer.classes}")
+        return torch.full((len(x),), target, dtype=torch.long, device=x.device)
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS} or a tensor of class indices; got {target!r}")
+    if target == "positive" and explainer.multilabel:  # pneumonia among the findings (else the first finding)
+        index = explainer.classes.index("pneumonia") if "pneumonia" in explainer.classes else 0
+        return torch.full((len(x),), index, dtype=torch.long, device=x.device)
     if target == "positive" and explainer.num_classes == 2:
         return torch.ones(len(x), dtype=torch.long, device=x.device)  # PNEUMONIA: no forward pass needed
     if log_odds is None:
@@ -434,7 +460,7 @@ def region_masks(split: Split, index: torch.Tensor | list[int]) -> dict[str, tor
     """Per image N×H×W bool masks: the split's own (lung, lesion, marker) where known, plus the geometric ones."""
     index = torch.as_tensor(index, dtype=torch.long)
     size = split.images.shape[-1]
-    masks = {name: split.masks[name][index, 0] for name in ("lung", "lesion", "marker") if name in split.masks}
+    masks = {name: split.masks[name][index, 0] for name in REGION_MASKS if name in split.masks}
     for name, mask in geometric_regions(size).items():
         masks[name] = mask.expand(len(index), size, size)
     return masks
@@ -634,7 +660,26 @@ class LoadedRun:
         return self.bundle.splits[name]
 
     def explainer(self, device: torch.device | str | None = None) -> Explainer:
+        if self.config.tasks:  # multi-label: one output per finding
+            return make_explainer(self.model, self.pipeline, self.bundle.image_size, device, self.config.tasks, True)
         return make_explainer(self.model, self.pipeline, self.bundle.image_size, device, self.bundle.classes)
+
+    def outcomes(self, split: str, target=None) -> dict[str, torch.Tensor]:
+        """Browse-by-outcome bookkeeping from the saved predictions; multi-label runs: of finding `target`."""
+        stored = self.predictions[split]
+        if not self.config.tasks:
+            return outcomes(stored["probs"], stored["labels"])
+        from explore.multilabel_report import targets_at
+
+        labels, probs = targets_at(self.predictions, split, target if isinstance(target, int) else 0)
+        return outcomes(probs, labels)
+
+    def outcome_classes(self, target=None) -> tuple[str, ...]:
+        """Class names of the confusion matrix the page browses: a finding's absent / present in multi-label runs."""
+        if not self.config.tasks:
+            return self.bundle.classes
+        task = self.config.tasks[target if isinstance(target, int) else 0]
+        return (f"no {task}", task)
 
 
 def load_run(store: RunStore, run_id: str, bundle: DataBundle | None = None) -> LoadedRun:
@@ -649,8 +694,13 @@ def load_run(store: RunStore, run_id: str, bundle: DataBundle | None = None) -> 
     warnings = []
     for name in ("val", "test"):
         stored = predictions.get(name)
-        if stored is not None and (len(stored["labels"]) != len(bundle.splits[name])
-                                   or not torch.equal(stored["labels"].long(), bundle.splits[name].labels)):
+        expected = bundle.splits[name].labels
+        if config.tasks and name in bundle.splits:  # multi-label runs store N×K targets (NaN: unknown)
+            from explore.multilabel import split_targets
+
+            expected = split_targets(bundle.splits[name], bundle, config.tasks)
+        if stored is not None and (stored["labels"].shape != expected.shape or not torch.equal(
+                stored["labels"].float().nan_to_num(-1), expected.float().nan_to_num(-1))):
             warnings.append(f"the {name} images no longer match the run's saved predictions (the dataset "
                             f"changed since training); browsing by outcome on {name} is unreliable")
     loaded = LoadedRun(run_id, record, model, config, predictions, bundle, pipeline, warnings)
@@ -692,31 +742,34 @@ def explain_images(loaded: LoadedRun, split_name: str, index: list[int], method:
         "overlays": overlays,
         "pairs": [side_by_side(a, b) for a, b in zip(originals, overlays)],
         "shares": {name: [None if bool(torch.isnan(v)) else float(v) for v in values] for name, values in shares.items()},
-        "targets": [loaded.bundle.classes[int(t)] for t in result.target],
+        "targets": [explainer.classes[int(t)] for t in result.target],
         "seconds": result.seconds,
     }
 
 
-def describe_image(loaded: LoadedRun, split_name: str, i: int, outcome: dict[str, torch.Tensor]) -> str:
+def describe_image(loaded: LoadedRun, split_name: str, i: int, outcome: dict[str, torch.Tensor],
+                   classes: tuple[str, ...] | None = None) -> str:
     """One caption line: id, true class, P(pneumonia) from predictions.pt, the prediction, right or wrong."""
-    classes = loaded.bundle.classes
+    score_name = classes[-1] if loaded.config.tasks and classes else "disease"  # multi-label: P(finding)
+    classes = classes or loaded.bundle.classes
     ident = loaded.split(split_name).ids[i].rsplit("/", 1)[-1]
     mark = "✅" if bool(outcome["correct"][i]) else "❌"
-    return (f"{ident} · true {classes[int(outcome['labels'][i])]} · P(disease) {float(outcome['disease_prob'][i]):.2f} "
+    return (f"{ident} · true {classes[int(outcome['labels'][i])]} · "
+            f"P({score_name}) {float(outcome['disease_prob'][i]):.2f} "
             f"→ {classes[int(outcome['predicted'][i])]} {mark}")
 
 
 def explained_cards(loaded: LoadedRun, split_name: str, index: list[int], outcome: dict[str, torch.Tensor],
-                    pictures: dict, method: str) -> list[dict]:
+                    pictures: dict, method: str, classes: tuple[str, ...] | None = None) -> list[dict]:
     """One card per explained image (`explain_images`' pictures): the picture, its caption, and a line saying
     what the model said and how much attribution fell on the lesion and the markers."""
     cards = []
     for row, i in enumerate(index):
         extra = " · ".join(f"{name} share {values[row]:.0%}" for name, values in pictures["shares"].items()
-                           if name in ("lesion", "marker") and values[row] is not None)
+                           if name in ("lesion", "marker", "cardiomegaly", "effusion") and values[row] is not None)
         cards.append({"picture": pictures["pairs"][row],
                       "caption": f"original | {METHODS[method].title} → {pictures['targets'][row]}",
-                      "line": describe_image(loaded, split_name, i, outcome) + (f" · {extra}" if extra else "")})
+                      "line": describe_image(loaded, split_name, i, outcome, classes) + (f" · {extra}" if extra else "")})
     return cards
 
 

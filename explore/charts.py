@@ -137,6 +137,35 @@ def confusion(frame: pd.DataFrame, title: str) -> alt.Chart:
                                      autosize=alt.AutoSizeParams(type="pad"))
 
 
+# ----- multi-label runs: one line per finding (explore/multilabel_report.py makes the tables) -----------
+def finding_auc(frame: pd.DataFrame, height: int = 260) -> alt.Chart:
+    """AUC per epoch, colour = finding. One run: line style = split; several runs: line style = run."""
+    several_runs = frame["run"].nunique() > 1
+    if several_runs:
+        frame = frame[frame["split"] == SPLIT_LABELS["val"]]
+    dash = "run:N" if several_runs else "split:N"
+    return alt.Chart(frame).mark_line(point=not several_runs).encode(
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(format="d", tickMinStep=1)),
+        y=alt.Y("AUC:Q", title="AUC" + (" (val)" if several_runs else ""), scale=alt.Scale(zero=False)),
+        color=alt.Color("task:N", title="finding", scale=alt.Scale(scheme="category10")),
+        strokeDash=alt.StrokeDash(dash, title="run" if several_runs else "split",
+                                  legend=alt.Legend(labelLimit=260)),
+        tooltip=["run:N", "split:N", "task:N", "epoch:Q", alt.Tooltip("AUC:Q", format=".3f")],
+    ).properties(height=height, title="AUC per finding, per epoch")
+
+
+def finding_roc(frame: pd.DataFrame, split: str) -> alt.Chart:
+    """The ROC curve of every finding on one split (multilabel_report.roc_frame), colour = finding."""
+    curves = alt.Chart(frame).mark_line(interpolate="step-after").encode(
+        x=alt.X("fpr:Q", title="false-positive rate", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("tpr:Q", title="true-positive rate", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("task:N", title=None, scale=alt.Scale(scheme="category10"),
+                        legend=alt.Legend(orient="bottom-right", fillColor="white", labelLimit=300)))
+    chance = alt.Chart(pd.DataFrame({"fpr": [0, 1], "tpr": [0, 1]})).mark_line(
+        strokeDash=[4, 4], color="gray").encode(x="fpr:Q", y="tpr:Q")
+    return (chance + curves).properties(title=f"ROC per finding · {SPLIT_LABELS.get(split, split)}", height=300)
+
+
 # ----- comparing runs: sweeps and repeats ------------------------------------------------------
 def sweep(results: pd.DataFrame, settings: list[str], metric: str = "test_acc") -> alt.Chart:
     """The final metric against the first swept value (log axis for rates), one line per second value."""

@@ -24,6 +24,7 @@ import pandas as pd
 
 from explore.config import RunConfig, flatten
 from explore.models import MODELS
+from explore.multilabel_report import auc_columns
 from explore.report import curves_frame
 from explore.store import ACTIVE_STATUSES, RunRecord, RunStore
 
@@ -192,9 +193,11 @@ def comparison_table(records: list[RunRecord], settings: Iterable[str] | None = 
         row = {"run": labels[r.run_id], "run_id": r.run_id}
         row |= {_short(k): flat.get(k) for k in keys}
         row |= run_results(r)
+        row |= auc_columns(r)  # multi-label runs: val/test AUC per finding
         rows.append(row)
+    per_label = [k for row in rows for k in row if " AUC · " in k]
     columns = ["run", "run_id", *[_short(k) for k in keys], "best_epoch", *RESULT_METRICS[:2], "test_acc", "epochs",
-               "seconds_per_epoch", "status"]
+               "seconds_per_epoch", "status", *per_label]
     table = pd.DataFrame(rows, columns=list(dict.fromkeys(columns)))
     for column in ("best_epoch", "epochs"):
         table[column] = table[column].astype("Int64")

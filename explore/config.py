@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from explore import multilabel
 from explore.data import DataSpec
 from explore.models import MODELS
 
@@ -32,6 +33,10 @@ class RunConfig:
     # Loss
     loss: str = "bce"  # "bce": 1 logit + BCEWithLogits; "ce": K logits + CrossEntropy
     class_weights: bool = False  # weight the loss by inverse class frequency in train
+    # Multi-task learning (explore/multilabel.py): one sigmoid output per named finding, e.g.
+    # ("pneumonia", "cardiomegaly", "effusion"); () = the single pneumonia classifier above
+    tasks: tuple[str, ...] = ()
+    pneumonia_label_fraction: float = 1.0  # < 1: only this share of train keeps its pneumonia label
     # Optimiser and schedule
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -72,6 +77,7 @@ class RunConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "augment", tuple(self.augment))
+        object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "model_options", tuple(sorted((str(k), v) for k, v in dict(self.model_options).items())))
         self.validate()
 
@@ -93,6 +99,7 @@ class RunConfig:
             one_of("augment", aug, AUGMENTATIONS)
         if self.loss == "bce" and self.data.num_classes > 2:
             raise ValueError("BCE needs two classes; use loss 'ce' for three classes")
+        multilabel.validate(self)
         if not (self.lr > 0):
             raise ValueError(f"learning rate must be positive; got {self.lr}")
         if self.batch_size < 1 or self.epochs < 1 or self.step_size < 1:
@@ -116,6 +123,8 @@ class RunConfig:
 
     @property
     def num_outputs(self) -> int:
+        if self.tasks:  # multi-label: one sigmoid output per task
+            return len(self.tasks)
         return 1 if self.loss == "bce" else self.data.num_classes
 
     def options(self) -> dict:
@@ -134,6 +143,11 @@ class RunConfig:
         d["data"] = self.data.to_dict()
         d["augment"] = list(self.augment)
         d["model_options"] = dict(self.model_options)
+        d["tasks"] = list(self.tasks)
+        if not self.tasks and self.pneumonia_label_fraction == 1.0:
+            # Single-task runs keep the dict they had before multi-task learning existed (Compare tables
+            # of old and new runs show no spurious difference).
+            del d["tasks"], d["pneumonia_label_fraction"]
         return d
 
     @classmethod
@@ -149,6 +163,8 @@ class RunConfig:
             d["model_options"] = tuple(dict(d["model_options"]).items())
         if "augment" in d:
             d["augment"] = tuple(d["augment"])
+        if "tasks" in d:
+            d["tasks"] = tuple(d["tasks"])
         return cls(**d)
 
     def to_json(self) -> str:

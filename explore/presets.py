@@ -39,6 +39,8 @@ def run_name(template: str, config: RunConfig) -> str:
     values["lr"] = short_number(config.lr)
     values["model_options"] = config.options()
     values["batch_norm"] = "with" if config.options().get("batch_norm") else "without"
+    values["tasks"] = " + ".join(config.tasks) or "pneumonia"
+    values["pneumonia_labels"] = f"{config.pneumonia_label_fraction:.0%}"
     return template.format(**values)
 
 
@@ -55,6 +57,11 @@ HW2_BASE = dict(model="hw2_mlp", optimizer="adam", lr=3e-6, scheduler="step", st
 
 # The one-click real mismatch: MedMNIST's files where MedMNIST keeps them (the Data page's "Real data"
 # card fetches them, or says where to put them offline). ChestMNIST is mapped to 2 classes by label 6.
+# Multi-task learning: the synthetic set with cardiomegaly and effusion drawn in (128 px, default size).
+MULTITASK_DATA = DataSpec(image_size=128, findings=True)
+MULTITASK_BASE = dict(model="hw3_cnn", loss="bce", optimizer="adam", lr=1e-3, scheduler="none", batch_size=32,
+                      epochs=15, pneumonia_label_fraction=0.1)
+
 REAL_MISMATCH_DATA = DataSpec(source="medmnist:~/.medmnist/pneumoniamnist_128.npz",
                               test_source="medmnist:~/.medmnist/chestmnist_128.npz", image_size=128)
 
@@ -208,6 +215,15 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
             "model": "cnn", "model_options": (("batch_norm", bn),), "optimizer": "momentum", "lr": 0.01,
             "scheduler": "none", "epochs": 15})) for bn in (False, True)),
         quick_epochs=8),
+    Preset(
+        "lecture_multitask", "Lecture · one task vs three tasks",
+        "The course CNN on pneumonia alone vs on pneumonia + cardiomegaly + effusion (shared layers, one sigmoid "
+        "each); only 10% of train keeps its pneumonia label in both.\n"
+        "Look for: the per-label AUCs — does learning the other findings from every image help the scarce one?",
+        tuple(RunConfig(name="CNN on {tasks} · {pneumonia_labels} of pneumonia labels", data=MULTITASK_DATA,
+                        tasks=tasks, **MULTITASK_BASE)
+              for tasks in (("pneumonia",), ("pneumonia", "cardiomegaly", "effusion"))),
+        quick_size=64, quick_epochs=8, own_data=True, tags=("multi-task",)),
     Preset(
         "real_mismatch", "Real mismatch: pediatric → adult",
         "The course CNN trained on PneumoniaMNIST (children, Guangzhou) and tested on ChestMNIST (adults, NIH).\n"

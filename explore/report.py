@@ -244,6 +244,8 @@ def describe_data(spec) -> str:
         parts.append(f"test from {spec.test_source}")
     if spec.synthetic:
         parts.append("knobs: " + ", ".join(f"{k}={v:g}" for k, v in spec.synthetic))
+    if getattr(spec, "findings", False):  # multi-task learning: the findings besides pneumonia are in the data
+        parts.append("with findings" + (" (cardiomegaly, effusion)" if spec.source == "synthetic" else ""))
     return " · ".join(p for p in parts if p)
 
 

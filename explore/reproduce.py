@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 
+from explore import multilabel
 from explore.config import RunConfig, flatten
 from explore.train_cli import FLAG_TO_FIELD, SWITCHES, apply_args, build_parser
 from explore.version import code_version  # noqa: F401 (re-exported: explore.reproduce.code_version)
@@ -39,6 +40,7 @@ def reproduce_command(config: RunConfig) -> str:
     for name, value in config.model_options:
         args += ["--model-option", f"{name}={value}"]
     args += _data_flags(config, default)
+    args += multilabel.reproduce_flags(config)  # findings, tasks, scarce pneumonia labels
     if config.name:
         args += ["--name", config.name]
     return shlex.join(args)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explore import augment as augmentations
-from explore import transfer_setup
+from explore import multilabel, transfer_setup
 from explore.config import RunConfig
 from explore.data import DataBundle, load_bundle
 from explore.device import Placement, reuse_freed_memory, set_cpu_threads, tune_cuda
@@ -102,6 +102,8 @@ def make_loss(config: RunConfig, train_labels: torch.Tensor, num_classes: int, d
 
 
 def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if labels.ndim == 2:  # multi-label targets: images with every known label right
+        return multilabel.count_exact_matches(logits, labels)
     if logits.shape[1] == 1:
         return ((logits.squeeze(1) > 0).long() == labels).sum()
     return (logits.argmax(dim=1) == labels).sum()
@@ -177,10 +179,14 @@ class TrainingRun:
         self.setup_seconds = 0.0
         self.weights_name = None  # set by transfer models: the pretrained weights used, or "random"
         started = time.perf_counter()
+        self.tasks = config.tasks  # multi-label run (explore/multilabel.py) when not empty
+        if self.tasks:
+            multilabel.check_tasks(self.tasks, self.bundle)
         self.model = self._build_model()
         self.pipeline = InputPipeline(config, self.bundle.train.images)
         self.data = self._place_data()
-        self.loss_fn = make_loss(config, self.data["train"][1], self.bundle.num_classes, self.placement.device)
+        self.loss_fn = (multilabel.make_loss(config, self.data["train"][1], self.placement.device) if self.tasks else
+                        make_loss(config, self.data["train"][1], self.bundle.num_classes, self.placement.device))
         # fp16 only (a T4's fast path): scales the loss so small gradients survive fp16; a pass-through otherwise
         self.scaler = self.placement.grad_scaler()
         self.setup_seconds = time.perf_counter() - started
@@ -223,12 +229,17 @@ class TrainingRun:
             splits["test"] = self.bundle.test
         placed = {}
         for name, split in splits.items():
+            targets = None
+            if self.tasks:  # N×K targets; train may drop images that lost all their labels
+                split, targets = (multilabel.training_split(split, self.bundle, self.config, self.tasks) if name == "train"
+                                  else (split, multilabel.split_targets(split, self.bundle, self.tasks)))
             if len(split) == 0 and name != "test":
                 raise ValueError(f"the {name} split is empty: a run needs training and validation images")
             images = split.images
             images = self.pipeline.stored(images).to(device)
-            labels = permuted_labels(split.labels, self.config.seed) if (
-                name == "train" and self.config.permute_labels) else split.labels
+            labels = split.labels if targets is None else targets
+            if name == "train" and self.config.permute_labels:
+                labels = permuted_labels(labels, self.config.seed)
             placed[name] = (images, labels.to(device))
         return placed
 
@@ -260,7 +271,7 @@ class TrainingRun:
             y = labels[start:start + step]
             loss_sum += self.loss_fn(logits, y)
             correct += count_correct(logits, y)
-            probs.append(probabilities(logits))
+            probs.append(multilabel.probabilities(logits) if self.tasks else probabilities(logits))
         self.model.train(was_training)
         return {"loss_sum": loss_sum, "correct": correct, "n": len(images),
                 "probs": torch.cat(probs) if probs else torch.zeros(0)}
@@ -391,6 +402,8 @@ class TrainingRun:
             count = max(e["n"], 1)
             record[f"{name}_loss"] = sums[2 + 2 * i] / count
             record[f"{name}_acc"] = sums[3 + 2 * i] / count
+        if self.tasks:  # per-label AUC and confusion counts of every evaluated split
+            record.update(multilabel.epoch_metrics(evaluations, self.data, self.tasks))
         record["lr"] = float(lr)
         record["seconds"] = seconds + 0.0
         return record
@@ -411,8 +424,8 @@ class TrainingRun:
         total, trainable = count_parameters(self.model)
         history = self.history
         seconds = [r["seconds"] for r in history]
-        reports = {name: binary_report(p["labels"], p["probs"], self.bundle.num_classes)
-                   for name, p in predictions.items()}
+        reports = {name: multilabel.split_report(p["labels"], p["probs"], self.tasks) if self.tasks else
+                   binary_report(p["labels"], p["probs"], self.bundle.num_classes) for name, p in predictions.items()}
         return {
             "status": self.status,
             "message": self.message,
@@ -432,6 +445,7 @@ class TrainingRun:
             "weights": self.weights_name,
             "weights_message": getattr(self.model, "weights_message", None),
             "classes": list(self.bundle.classes),
+            **({"tasks": list(self.tasks)} if self.tasks else {}),
             "image_size": self.bundle.image_size,
             "input_pipeline": self.pipeline.to_dict(),
             "splits": reports,

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from explore import ray_backend  # imports ray only when EXPLORE_RAY_ADDRESS is set
+from explore import multilabel, ray_backend  # ray_backend imports ray only when EXPLORE_RAY_ADDRESS is set
 from explore.config import (AUGMENTATIONS, INPUT_NORMS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TRANSFER_HEADS,
                             TRANSFER_MODES, RunConfig)
 from explore.data import DataError, DataSpec
@@ -72,6 +72,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                            metavar="VALUE", help=f"{knob.label} (default {knob.default:g})")
     knobs.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
                        help="any synthetic knob by name, e.g. --knob noise=0.8 (repeatable)")
+    multitask = p.add_argument_group("multi-task learning (one sigmoid output per finding)")
+    multitask.add_argument("--tasks", metavar="NAMES", help="comma-separated findings, e.g. pneumonia,cardiomegaly,"
+                           "effusion; 'all' = every finding of the data (turns --findings on when needed)")
+    multitask.add_argument("--pneumonia-label-fraction", type=float, metavar="FRACTION",
+                           help="only this share of train keeps its pneumonia label (e.g. 0.1)")
+    multitask.add_argument("--findings", action="store_true", help="synthetic: draw cardiomegaly and effusion; "
+                           "ChestMNIST / NIH: keep every film with its 14 findings")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=list(PRECISIONS))
@@ -168,6 +175,8 @@ def apply_args(config: RunConfig, args) -> RunConfig:
         changes["model_options"] = tuple(options.items())
     if MODELS[config.model].family == "transfer" and args.input_norm is None:
         changes["input_norm"] = "none"  # 0..1 input: the model applies its ImageNet mean/std itself
+    changes |= multilabel.run_changes(config.replace(**changes), args.tasks, args.pneumonia_label_fraction,
+                                      args.findings)
     return config.replace(**changes)
 
 
@@ -240,12 +249,13 @@ def final_line(store: RunStore, run_id: str, end: dict) -> dict:
         "weights": summary.get("weights"),
         # where it trained: "ray" with the cluster node (and its GPU), else this machine
         "executor": summary.get("executor", "local"), "node": summary.get("node"), "device": summary.get("device"),
-    }
+    } | multilabel.summary_json(summary)
 
 
 def readable(record: dict) -> str:
     if record["kind"] == "epoch":
         test = f"  test {record['test_acc']:.3f}" if record.get("test_acc") is not None else ""
         return (f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.3f}  "
-                f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.3f}{test}  {record['seconds']:.2f}s")
+                f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.3f}{test}  {record['seconds']:.2f}s"
+                + multilabel.epoch_text(record))
     return f"{record['status']}: {record.get('message', '')}  → {record.get('run_dir', '')}"

@@ -21,7 +21,7 @@ def build_for_run(config: RunConfig, num_classes: int, load_pretrained: bool = T
     `model.weights_message` says why. load_pretrained=False (RunStore.load_model) builds the
     architecture only; the run's own weights.pt is loaded over it.
     """
-    num_outputs = 1 if config.loss == "bce" else num_classes
+    num_outputs = config.num_outputs if config.tasks else (1 if config.loss == "bce" else num_classes)
     want_imagenet = config.pretrained and load_pretrained
     try:
         model = build_transfer_model(config.model, num_outputs, config.transfer_head, pretrained=want_imagenet)

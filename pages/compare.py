@@ -4,6 +4,7 @@ The tabs live in pages/compare_groups.py (sweeps, repeats) and pages/compare_fil
 import streamlit as st
 
 from explore import charts, compare, report
+from pages import multitask_section
 from pages.common import run_store, status_badge
 from pages.compare_files import chart_downloads, export_and_delete
 from pages.compare_groups import repeat_tab, sweep_tab
@@ -71,6 +72,7 @@ st.dataframe(table.drop(columns=["run_id"]), hide_index=True, width="stretch",
 st.caption("Only the settings that differ between the selected runs are shown. Best epoch = lowest "
            "validation loss. Click a column header to sort.")
 st.download_button("Download the table (CSV)", compare.table_csv(table), "runs.csv", "text/csv", on_click="ignore")
+multitask_section.compare(chosen)  # per-finding AUC curves when multi-label runs are selected
 
 sweep, repeat, files = st.tabs(["Sweep a setting", "Repeat with seeds", "Export and delete"])
 base_options = [r.run_id for r in chosen if r.config is not None]

@@ -7,6 +7,7 @@ import streamlit as st
 
 from explore import report
 from explore.data import DataSpec
+from pages import multitask_section
 from explore.data.synthetic import (KNOBS, SHIFT_KNOBS, changed_knobs, render_patient_at_sites, same_sites,
                                     slider_label)
 
@@ -66,3 +67,4 @@ def preview(seed: int, sliders: dict) -> None:
         view = views[site]
         picture = report.overlay_masks(view["image"], view) if show_masks else report.grey(view["image"])
         column.image(picture, caption=f"site {site} ({'train/val' if site == 'A' else 'test'})", width="stretch")
+    multitask_section.data_preview(int(seed))  # the findings multi-task runs add

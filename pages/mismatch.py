@@ -36,6 +36,10 @@ except (StoreError, DataError, ValueError, RuntimeError, KeyError) as error:
     st.stop()
 for warning in loaded.warnings:
     st.warning(warning)
+if loaded.config.tasks:  # the analyses below read one disease probability per image
+    st.info(f"This is a multi-label run ({', '.join(loaded.config.tasks)}): the Mismatch page analyses single-task "
+            "pneumonia classifiers. Its per-finding val (site A) and test (site B) AUCs are on the Train page.")
+    st.stop()
 if "test" not in loaded.predictions:
     st.error("This run has no test predictions (no second source, or test evaluation was off), so there is no "
              "mismatch to measure. Train with a test split from another source.")

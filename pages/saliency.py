@@ -37,8 +37,12 @@ for warning in loaded.warnings:
 left, middle, right = st.columns([3, 2, 2])
 method = left.radio("Method", list(attr.METHODS), format_func=lambda m: attr.METHODS[m].title, horizontal=True,
                     key="saliency_method")
-target = middle.radio("Explain the log-odds of", attr.TARGETS, horizontal=True, key="saliency_target",
-                      format_func={"positive": "PNEUMONIA", "predicted": "the predicted class"}.get)
+if loaded.config.tasks:  # multi-label run: explain any one finding (its own sigmoid output)
+    target = middle.selectbox("Explain the log-odds of the finding", range(len(loaded.config.tasks)),
+                              format_func=loaded.config.tasks.__getitem__, key="saliency_finding")
+else:
+    target = middle.radio("Explain the log-odds of", attr.TARGETS, horizontal=True, key="saliency_target",
+                          format_func={"positive": "PNEUMONIA", "predicted": "the predicted class"}.get)
 smooth = right.toggle("SmoothGrad (NoiseTunnel)", key="saliency_smooth", disabled=not attr.METHODS[method].smoothable,
                       help="Average the map over 8 noisy copies of the image: less speckle, 8× the compute")
 smooth = smooth and attr.METHODS[method].smoothable

@@ -18,11 +18,11 @@ def pick_cell(true: int, predicted: int):
     st.session_state["saliency_browse"] = "cell"
 
 
-def browse_maps(loaded, root: str, run_id: str, method: str, target: str, smooth: bool, device) -> None:
+def browse_maps(loaded, root: str, run_id: str, method: str, target: str | int, smooth: bool, device) -> None:
     per_split = st.slider("Images per split", 2, 12, 4, key="saliency_n")
     browse = st.radio("Show", list(BROWSE_TITLES), format_func=BROWSE_TITLES.get, horizontal=True, key="saliency_browse")
     cell = tuple(st.session_state.get("saliency_cell", (1, 0)))
-    classes = loaded.bundle.classes
+    classes = loaded.outcome_classes(target)  # a multi-label run: the chosen finding absent / present
     if browse == "cell":
         st.caption(f"Cell: true **{classes[cell[0]]}**, predicted **{classes[cell[1]]}** "
                    f"({attr.cell_name(cell[0], cell[1], classes)}). Click another cell below to change it.")
@@ -33,7 +33,7 @@ def browse_maps(loaded, root: str, run_id: str, method: str, target: str, smooth
             if stored is None or len(stored["labels"]) == 0:
                 st.info(f"This run has no {split} predictions.")
                 continue
-            outcome = attr.outcomes(stored["probs"], stored["labels"])
+            outcome = loaded.outcomes(split, target)
             st.caption("Confusion matrix (rows: true class, columns: predicted). Click a cell to see its X-rays.")
             for t, row in enumerate(confusion(outcome, len(classes))):
                 for p, (button, count) in enumerate(zip(st.columns(len(classes)), row)):
@@ -47,7 +47,7 @@ def browse_maps(loaded, root: str, run_id: str, method: str, target: str, smooth
                 continue
             pictures = explain(root, run_id, split, tuple(index), method, target, smooth, device)
             cards = st.columns(2)
-            for n, card in enumerate(attr.explained_cards(loaded, split, index, outcome, pictures, method)):
+            for n, card in enumerate(attr.explained_cards(loaded, split, index, outcome, pictures, method, classes)):
                 with cards[n % 2]:
                     st.image(card["picture"], width="stretch", caption=card["caption"])
                     st.caption(card["line"])

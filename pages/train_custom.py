@@ -6,6 +6,7 @@ import streamlit as st
 from explore import choices
 from explore.config import RunConfig
 from explore.models import MODELS, TRANSFER_MODELS
+from pages import multitask_section
 from pages.train_lr_finder import lr_finder_panel
 
 
@@ -14,6 +15,7 @@ def custom_config(spec, settings) -> RunConfig | None:
     left, middle, right = st.columns(3, gap="large")
     with left:
         model, options, transfer_settings, loss, class_weights = model_and_loss(spec)
+        multitask = multitask_section.options(spec)  # {} unless several findings are chosen
         st.markdown("**Run**")
         seed_col, name_col = st.columns(2)
         seed = seed_col.number_input("Seed", 0, 10**6, 0, key="seed")
@@ -32,7 +34,8 @@ def custom_config(spec, settings) -> RunConfig | None:
         return RunConfig(
             data=spec, model=model, model_options=tuple(options.items()), loss=loss, class_weights=class_weights,
             seed=int(seed), device=device, precision=precision, **optimiser, **rest, **transfer_settings,
-            name=name or choices.automatic_name(model, options, optimiser["optimizer"], optimiser["lr"]))
+            name=name or choices.automatic_name(model, options, optimiser["optimizer"], optimiser["lr"]),
+        ).replace(**multitask)
 
     lr_finder_panel(build, find_lr, settings)
     if not st.button("Train", type="primary", key="train_custom"):

@@ -5,6 +5,7 @@ import streamlit as st
 
 from explore import charts, report
 from explore.store import RunStore
+from pages import multitask_section
 from pages.common import status_badge
 
 
@@ -50,6 +51,7 @@ def live_view(store, manager, run_ids: list[str], finished_before: set[str]) -> 
         placed.append((loss_col, report.LR_METRIC))
     for column, metric in placed:
         column.vega_lite_chart(curves_spec(str(store.root), tuple(run_ids), epochs_so_far, metric), width="stretch")
+    multitask_section.live_auc(records, acc_col)  # per-finding AUC curves of multi-label runs
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

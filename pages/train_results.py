@@ -7,7 +7,7 @@ from explore import charts, report
 from explore.attribution import cell_name
 from explore.share import encode_config, export_run_bundle
 from explore.store import StoreError
-from pages import common
+from pages import common, multitask_section
 
 PERCENT_COLUMNS = {name: st.column_config.NumberColumn(format="percent")
                    for name in ("accuracy", "sensitivity", "specificity", "val acc", "test acc")}
@@ -21,6 +21,11 @@ def final_results(store, record) -> None:
     message = record.damaged or summary.get("message", "")
     {"finished": st.success, "stopped": st.info, "diverged": st.warning}.get(state, st.error)(
         f"{common.status_badge(state)} — {message}")
+    if summary.get("tasks"):  # a multi-label run: results per finding
+        multitask_section.results(record, store)
+        run_settings(record)
+        share_run(store, record)
+        return
     table = report.metrics_table(summary)
     if table.empty:
         return

@@ -76,7 +76,8 @@ def test_default_synthetic_set_renders_grid_counts_and_charts():
     assert not at.error
     assert at.session_state["data_spec"] == DataSpec()  # the default goes to every page
     # Sample grid: up to 8 per class and split (16 + 12 + 12), 2 preview views, 3 mean images.
-    assert len(at.get("image")) == 16 + 12 + 12 + 2 + 3 + 1  # + the val − test difference image
+    # + the val − test difference image + one example per combination of the multi-task findings
+    assert len(at.get("image")) == 16 + 12 + 12 + 2 + 3 + 1 + 4
     counts = at.dataframe[0].value
     assert counts.loc["NORMAL"].tolist() == [12, 6, 6] and counts.loc["PNEUMONIA"].tolist() == [12, 6, 6]
     assert len(at.get("vega_lite_chart")) == 3  # counts, intensity histograms, original sizes

@@ -37,6 +37,9 @@ class DataSpec:
     num_classes: int = 2  # synthetic only: 2 (NORMAL/PNEUMONIA) or 3 (NORMAL/BACTERIAL/VIRAL)
     # Synthetic knob overrides as sorted (name, value) pairs, e.g. (("shortcut_fraction", 0.0),).
     synthetic: tuple[tuple[str, float], ...] = ()
+    # Multi-task learning: the findings besides pneumonia as Split.findings. Synthetic: draw
+    # cardiomegaly and pleural effusion; ChestMNIST / NIH: keep every image with its 14 findings.
+    findings: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "synthetic", tuple(sorted((str(k), float(v)) for k, v in self.synthetic)))
@@ -48,6 +51,8 @@ class DataSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["synthetic"] = dict(self.synthetic)
+        if not self.findings:  # off: the same dict (and cache key, stored config) as before findings existed
+            del d["findings"]
         return d
 
     @classmethod
@@ -77,8 +82,8 @@ def _load_one(source: str, spec: DataSpec, for_test: bool = False) -> DataBundle
     if kind == "synthetic":
         from .synthetic import generate_synthetic
 
-        return generate_synthetic(image_size=spec.image_size, seed=spec.seed,
-                                  num_classes=spec.num_classes, **dict(spec.synthetic))
+        return generate_synthetic(image_size=spec.image_size, seed=spec.seed, num_classes=spec.num_classes,
+                                  findings=spec.findings, **dict(spec.synthetic))
     if kind == "folder":
         from .folder import load_folder
 
@@ -86,12 +91,13 @@ def _load_one(source: str, spec: DataSpec, for_test: bool = False) -> DataBundle
     if kind == "xrv":
         from .xrv import load_xrv
 
-        return load_xrv(arg, image_size=spec.image_size, seed=spec.seed, all_as_test=for_test)
+        return load_xrv(arg, image_size=spec.image_size, seed=spec.seed, all_as_test=for_test,
+                        findings=spec.findings)
     from .chestmnist import is_chestmnist, load_chestmnist
     from .medmnist import load_medmnist
 
     if is_chestmnist(arg):  # NIH adults, 14 labels mapped to NORMAL / PNEUMONIA
-        return load_chestmnist(arg, image_size=spec.image_size, all_as_test=for_test)
+        return load_chestmnist(arg, image_size=spec.image_size, all_as_test=for_test, findings=spec.findings)
     return load_medmnist(arg, image_size=spec.image_size)
 
 
@@ -103,6 +109,10 @@ def _mix(train_bundle: DataBundle, test_bundle: DataBundle) -> DataBundle:
             f"source's {list(train_bundle.classes)}"
         )
     splits = {"train": train_bundle.train, "val": train_bundle.val, "test": test_bundle.test}
+    finding_names = train_bundle.finding_names
+    if finding_names != test_bundle.finding_names:  # findings only where both sources name the same ones
+        finding_names = ()
+        splits = {name: replace(split, findings=None) for name, split in splits.items()}
     return DataBundle(
         source=f"{train_bundle.source} → test: {test_bundle.source}",
         image_size=train_bundle.image_size,
@@ -111,6 +121,7 @@ def _mix(train_bundle: DataBundle, test_bundle: DataBundle) -> DataBundle:
         skipped=train_bundle.skipped + test_bundle.skipped,
         selection=train_bundle.selection | test_bundle.selection,
         description=f"train/val from {train_bundle.source}; test from {test_bundle.source}",
+        finding_names=finding_names,
     )
 
 

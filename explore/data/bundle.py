@@ -38,6 +38,9 @@ class Split:
     metadata:       optional per-image columns keyed by name ("patient", "view", "age", "sex",
                     "dataset"), each a tuple with one entry per image (None where unknown);
                     the public X-ray sets (explore/data/xrv.py) fill it.
+    findings:       optional float tensor N×K, one column per DataBundle.finding_names: 1 present,
+                    0 absent, NaN unknown (not read). Several can be 1 on one image (multi-task
+                    learning, explore/multilabel.py); `labels` stays the pneumonia class label.
     """
 
     images: torch.Tensor
@@ -47,6 +50,7 @@ class Split:
     original_sizes: torch.Tensor
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     metadata: dict[str, tuple] = field(default_factory=dict)
+    findings: torch.Tensor | None = None
 
     def __post_init__(self):
         n = self.images.shape[0]
@@ -60,6 +64,10 @@ class Split:
         for name, column in self.metadata.items():
             if len(column) != n:
                 raise ValueError(f"metadata {name!r} has {len(column)} entries for {n} images")
+        if self.findings is not None and (self.findings.ndim != 2 or self.findings.shape[0] != n
+                                          or not self.findings.is_floating_point()):
+            raise ValueError(f"findings must be a float N×K tensor for {n} images, "
+                             f"got {self.findings.dtype} {tuple(self.findings.shape)}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -76,6 +84,7 @@ class Split:
             original_sizes=self.original_sizes[index],
             masks={k: v[index] for k, v in self.masks.items()},
             metadata={k: tuple(v[i] for i in pick) for k, v in self.metadata.items()},
+            findings=None if self.findings is None else self.findings[index],
         )
 
 
@@ -92,6 +101,15 @@ class DataBundle:
     # How a labelled public set was turned into this bundle, keyed by source: rows in the labels
     # CSV, rows whose file is missing, images left out (other findings, uncertain, lateral).
     selection: dict[str, dict] = field(default_factory=dict)
+    # Names of the columns of every split's `findings` (empty: the set has no multi-label findings).
+    finding_names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        for name, split in self.splits.items():
+            width = 0 if split.findings is None else split.findings.shape[1]
+            if width != len(self.finding_names):
+                raise ValueError(f"split {name!r} has {width} finding columns for finding_names "
+                                 f"{list(self.finding_names)}")
 
     @property
     def train(self) -> Split:
@@ -142,7 +160,16 @@ class DataBundle:
             "splits": self.counts(),
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "original_sizes": self.original_size_summary(),
-        } | self._real_data_json()
+        } | self._real_data_json() | self._findings_json()
+
+    def _findings_json(self) -> dict:
+        """Multi-label findings: per split, the images with each finding (unknown labels not counted)."""
+        if not self.finding_names:
+            return {}
+        return {"finding_names": list(self.finding_names),
+                "findings": {name: {f: int(torch.nan_to_num(split.findings[:, j]).sum())
+                                    for j, f in enumerate(self.finding_names)}
+                             for name, split in self.splits.items()}}
 
     def _real_data_json(self) -> dict:
         """For the public X-ray sets: how images were selected and label vs view / age / sex."""

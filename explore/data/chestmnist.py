@@ -12,11 +12,16 @@ Memory: at 224 px ChestMNIST's train images alone are 3.9 GB. The labels are rea
 few MB), the wanted rows chosen, and the image array is then streamed from the npz in chunks;
 each chunk keeps only its wanted rows, resized at once to the bundle's size. As a test source
 only the test split is read.
+
+Multi-task learning (`findings=True`, DataSpec.findings): every film is kept, with its 14 labels
+as Split.findings (columns FINDINGS); the class label is then pneumonia vs no pneumonia (NORMAL
+means "no pneumonia", other findings allowed).
 """
 from __future__ import annotations
 
 import os
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -28,6 +33,9 @@ from .folder import empty_split
 FLAG = "chestmnist"
 PNEUMONIA_LABEL = 6  # ChestMNIST's label order follows NIH's: 6 is Pneumonia
 CLASSES = ("NORMAL", "PNEUMONIA")
+# The 14 labels' names in ChestMNIST's column order (NIH ChestX-ray14's), lower case as task names.
+FINDINGS = ("atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
+            "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural_thickening", "hernia")
 CHUNK_ROWS = 1024  # images streamed per step: at 224 px about 50 MB
 
 
@@ -49,8 +57,10 @@ def binary_groups(labels: np.ndarray) -> np.ndarray:
     return np.where(pneumonia, 1, np.where(no_finding, 0, -1)).astype(np.int64)
 
 
-def load_chestmnist(npz_path: str, image_size: int = 128, all_as_test: bool = False) -> DataBundle:
-    """ChestMNIST's own splits (or only its test split as the external test set), mapped to 2 classes."""
+def load_chestmnist(npz_path: str, image_size: int = 128, all_as_test: bool = False,
+                    findings: bool = False) -> DataBundle:
+    """ChestMNIST's own splits (or only its test split as the external test set), mapped to 2 classes;
+    with `findings`, every film with its 14 labels as Split.findings."""
     path = os.path.abspath(os.path.expanduser(npz_path))
     if not os.path.isfile(path):
         raise DataError(f"ChestMNIST file not found: {path}. Put MedMNIST's {chestmnist_file_name(128)} "
@@ -61,21 +71,34 @@ def load_chestmnist(npz_path: str, image_size: int = 128, all_as_test: bool = Fa
         with zipfile.ZipFile(path) as archive:
             for name in SPLITS:
                 if name not in wanted_splits:
-                    splits[name] = empty_split(image_size)
+                    splits[name] = _with_findings(empty_split(image_size), np.zeros((0, 14)), findings)
                     continue
-                groups = binary_groups(_read_member(archive, f"{name}_labels", path))
+                labels = _read_member(archive, f"{name}_labels", path)
+                groups = binary_groups(labels)
+                if findings:  # keep every film: pneumonia (1) or not (0)
+                    groups = np.where(groups == 1, 1, 0)
                 left_out[name] = int((groups < 0).sum())
-                splits[name] = _read_selected(archive, name, groups, image_size, path)
+                split = _read_selected(archive, name, groups, image_size, path)
+                splits[name] = _with_findings(split, labels.reshape(len(labels), -1)[groups >= 0], findings)
     except (zipfile.BadZipFile, OSError, ValueError) as error:
         raise DataError(f"cannot read {path} as a MedMNIST npz: {error}") from None
-    selection = {"dataset": "chestmnist", "file": path, "rule": "PNEUMONIA = label 6; NORMAL = all 14 labels 0",
-                 "left_out_other_findings": left_out}
+    rule = ("PNEUMONIA = label 6; NORMAL = no pneumonia; all 14 labels kept as findings" if findings
+            else "PNEUMONIA = label 6; NORMAL = all 14 labels 0")
+    selection = {"dataset": "chestmnist", "file": path, "rule": rule, "left_out_other_findings": left_out}
     return DataBundle(
         source=f"medmnist:{npz_path}", image_size=image_size, classes=CLASSES, splits=splits,
         selection={f"medmnist:{npz_path}": selection},
         description=f"ChestMNIST {path} (NIH adults; other findings left out: {sum(left_out.values())})"
-                    + ("; test split only" if all_as_test else ""),
+                    + ("; test split only" if all_as_test else "") + ("; 14 findings kept" if findings else ""),
+        finding_names=FINDINGS if findings else (),
     )
+
+
+def _with_findings(split: Split, labels: np.ndarray, findings: bool) -> Split:
+    """The split with its rows' 14 labels as the findings matrix (multi-task mode), else unchanged."""
+    if not findings:
+        return split
+    return replace(split, findings=torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32)).reshape(-1, 14))
 
 
 def _member(archive: zipfile.ZipFile, key: str, path: str):

@@ -61,18 +61,21 @@ def bundle_to_payload(bundle: DataBundle) -> dict:
         "skipped": [[s.path, s.reason] for s in bundle.skipped],
         "splits": {name: {"images": s.images, "labels": s.labels, "sites": list(s.sites), "ids": list(s.ids),
                           "original_sizes": s.original_sizes, "masks": dict(s.masks)}
+                   | ({"findings": s.findings} if s.findings is not None else {})
                    for name, s in bundle.splits.items()},
+        "finding_names": list(bundle.finding_names),
     }
 
 
 def bundle_from_payload(payload: dict) -> DataBundle:
     splits = {name: Split(images=s["images"], labels=s["labels"], sites=tuple(s["sites"]), ids=tuple(s["ids"]),
-                          original_sizes=s["original_sizes"], masks=dict(s["masks"]))
+                          original_sizes=s["original_sizes"], masks=dict(s["masks"]), findings=s.get("findings"))
               for name, s in payload["splits"].items()}
     return DataBundle(source=payload["source"], image_size=int(payload["image_size"]),
                       classes=tuple(payload["classes"]), splits=splits,
                       skipped=tuple(SkippedFile(p, r) for p, r in payload["skipped"]),
-                      description=payload["description"])
+                      description=payload["description"],
+                      finding_names=tuple(payload.get("finding_names", ())))
 
 
 def read_bundle(path: Path) -> DataBundle | None:

@@ -32,6 +32,16 @@ Two sites:
 Every image comes with masks (bool N×1×H×W in Split.masks): "lung", "lesion" (the
 opacities; empty for NORMAL) and "marker" (burned-in text and tags).
 
+Findings besides pneumonia (multi-task learning; off unless `findings=True`, DataSpec.findings):
+  cardiomegaly  an enlarged heart: a wider cardiac silhouette, cardiothoracic ratio > 0.5
+  effusion      pleural fluid at one or both lung bases: a homogeneous basal opacity whose upper
+                edge rises laterally (the meniscus) and blunts the costophrenic angle
+Each is present in FINDING_RATES of the images of every split, independently of pneumonia and of
+each other, so one image can have several. They come as Split.findings (N×2, columns
+FINDINGS) and masks "heart" (every image's cardiac silhouette), "cardiomegaly" and "effusion"
+(empty where the finding is absent). They are drawn from their own random generator: with
+findings off, every image is bit-identical to the set without them.
+
 Both sites mark laterality with an "R" on some images (40%); that is not a difference.
 
 Everything is deterministic: one torch.Generator per (seed, site, split), so the same seed
@@ -62,6 +72,10 @@ SITES = ("A", "B")
 
 # Lesion patterns (what a pneumonia looks like on the film).
 NO_LESION, LOBAR, DIFFUSE = 0, 1, 2
+
+# Findings independent of pneumonia (multi-task learning): column order of Split.findings.
+FINDINGS = ("cardiomegaly", "effusion")
+FINDING_RATES = {"cardiomegaly": 0.3, "effusion": 0.3}
 
 
 @dataclass(frozen=True)
@@ -244,6 +258,25 @@ def _sample_lesions(labels, num_classes, patient, gen) -> dict[str, torch.Tensor
     }
 
 
+def _sample_findings(n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Cardiomegaly and pleural effusion, each present with its FINDING_RATES, independently of the
+    pneumonia label and of each other. `gen` is the findings' own generator (see module docstring)."""
+    u = lambda low, high: _uniform(gen, n, low, high)  # noqa: E731
+    has = {name: torch.rand(n, generator=gen) < FINDING_RATES[name] for name in FINDINGS}
+    one = torch.ones(n)
+    side = torch.rand(n, generator=gen)  # effusion: patient's right (image left), left, or both bases
+    return {
+        "finding_cardiomegaly": has["cardiomegaly"].float(),
+        "finding_effusion": has["effusion"].float(),
+        # The enlarged heart is mostly wider (to the patient's left), a little taller.
+        "heart_enlarge_x": torch.where(has["cardiomegaly"], u(1.35, 1.6), one),
+        "heart_enlarge_y": torch.where(has["cardiomegaly"], u(1.05, 1.15), one),
+        "effusion_side": torch.where(side < 0.4, -1.0, torch.where(side < 0.8, 1.0, 0.0)),
+        "effusion_height": torch.where(has["effusion"], u(0.20, 0.40), torch.zeros(n)),  # above the dome
+        "effusion_meniscus": u(0.10, 0.20),  # how much higher the fluid climbs at the chest wall
+    }
+
+
 # ----------------------------------------------------------------------------- sites
 
 
@@ -375,13 +408,19 @@ def _draw_anatomy(p: dict, acq: dict, x: torch.Tensor, y: torch.Tensor, edge: to
     heart, heart_thickness, mediastinum, heart_top, knob_y = _heart_and_mediastinum(c, acq, x, y, ax, soft)
     central = torch.maximum(heart, mediastinum)
     lung = _lung_fields(c, y, ax, soft) * (1.0 - central) * (1.0 - below_dome) * body
+    findings = {}
+    aerated = lung  # the air-filled lung; with findings off this is the lung itself (bit-identical images)
+    if "effusion_height" in c:
+        fluid = _effusion(c, x, y, ax, dome_top, soft) * lung
+        aerated = lung * (1.0 - fluid)
+        findings = {"heart": heart * body, "effusion": fluid}
 
     # Soft tissue is thicker in the middle of the body than at its edges.
     image = body * c["tissue"] * (0.30 + 0.38 * depth)
     # Air is dark; lungs are darkest where they are thickest (mid and lower zones).
     lung_depth = (1.0 - ((ax - c["lung_center_x"]) / c["lung_half_width"]) ** 2).clamp(0.0, 1.0)
     lung_depth = lung_depth * (0.6 + 0.4 * ((y - c["lung_apex_y"]) / 0.6).clamp(0.0, 1.0))
-    image = image - lung * (0.22 + 0.16 * lung_depth + 0.025 * coarse[:, 0])
+    image = image - aerated * (0.22 + 0.16 * lung_depth + 0.025 * coarse[:, 0])
     # Heart and abdomen have the same density, so the heart's lower border disappears into
     # the domes (as on a real film). The heart is thickest, so brightest, in its middle.
     heart_density = torch.maximum(heart * heart_thickness, 0.85 * mediastinum)
@@ -403,16 +442,18 @@ def _draw_anatomy(p: dict, acq: dict, x: torch.Tensor, y: torch.Tensor, edge: to
     image = image - trachea * 0.07
 
     # Ribs and clavicles: bone, bright over the dark lungs and fainter over soft tissue.
-    image = image + _ribs(c, y, ax, spacing, soft(0.015)) * (0.45 + 0.55 * lung) * body
+    image = image + _ribs(c, y, ax, spacing, soft(0.015)) * (0.45 + 0.55 * aerated) * body
     image = image + _clavicles(c, y, ax, soft(0.015)) * body * 0.20
 
     # Lung markings: vessels fanning out from each hilum, and a fine mottle.
-    image = image + _vessels(c, x, y, coarse, fine, heart_top) * lung
-    image = image + 0.02 * fine[:, 1] * lung
+    image = image + _vessels(c, x, y, coarse, fine, heart_top) * aerated
+    image = image + 0.02 * fine[:, 1] * aerated
 
-    lesion = _lesion_field(p, c, x, y, coarse, fine) * lung
+    lesion = _lesion_field(p, c, x, y, coarse, fine) * aerated
     image = image + lesion
-    return image, lung, lesion
+    if findings:  # the fluid is homogeneous and as dense as the abdomen under the dome
+        image = image + 0.17 * findings["effusion"] * body
+    return image, lung, lesion, findings
 
 
 def _body(c, x, y, ax, soft):
@@ -438,10 +479,15 @@ def _heart_and_mediastinum(c, acq, x, y, ax, soft):
     thickness, the mediastinum with the aortic knob, the heart's top and the knob's level."""
     heart_scale = _col(acq["heart_scale"])
     heart_rx, heart_ry = c["heart_half_width"] * heart_scale, c["heart_half_height"] * heart_scale
+    heart_cx = c["heart_center_x"]
+    if "heart_enlarge_x" in c:  # cardiomegaly (findings on): wider, growing towards the patient's left
+        enlarged_rx = heart_rx * c["heart_enlarge_x"]
+        heart_cx = heart_cx + 0.6 * (enlarged_rx - heart_rx)
+        heart_rx, heart_ry = enlarged_rx, heart_ry * c["heart_enlarge_y"]
     heart_cy = c["diaphragm_y"] + 0.12 - 0.75 * heart_ry
     # The heart's long axis runs from the patient's right shoulder to the left hip.
     tilt_cos, tilt_sin = math.cos(0.45), math.sin(0.45)
-    hx, hy = x - c["heart_center_x"], y - heart_cy
+    hx, hy = x - heart_cx, y - heart_cy
     heart_r = torch.sqrt(((tilt_cos * hx + tilt_sin * hy) / heart_rx) ** 2
                          + ((-tilt_sin * hx + tilt_cos * hy) / heart_ry) ** 2)
     heart = _inside((heart_r - 1.0) * heart_ry, soft(0.06))
@@ -450,6 +496,17 @@ def _heart_and_mediastinum(c, acq, x, y, ax, soft):
     mediastinum = _inside(ax - c["mediastinum_half_width"] - 0.04 * (y + 1.0), soft(0.04))
     aortic_knob = _inside(_ellipse(x, y, c["mediastinum_half_width"] + 0.01, knob_y, 0.08, 0.07), soft(0.04))
     return heart, thickness, torch.maximum(mediastinum, aortic_knob), heart_cy - heart_ry, knob_y
+
+
+def _effusion(c, x, y, ax, dome_top, soft):
+    """Pleural fluid (0 where absent): everything below a level `effusion_height` above the dome,
+    on the chosen side(s). The level climbs towards the chest wall (the meniscus), so the fluid
+    fills the lateral costophrenic angle first and blunts it."""
+    side = c["effusion_side"]
+    on_side = torch.where(side == 0, torch.ones_like(x), (torch.sign(x) == side).float())
+    lateral = ((ax - c["lung_center_x"] + c["lung_half_width"]) / (2 * c["lung_half_width"])).clamp(0.0, 1.0)
+    level = dome_top - c["effusion_height"] - c["effusion_meniscus"] * lateral**2
+    return _inside(level - y, soft(0.02)) * on_side * (c["effusion_height"] > 0).float()
 
 
 def _lung_fields(c, y, ax, soft):
@@ -674,6 +731,7 @@ def _render(patients: dict, acq: dict, native_size: int, image_size: int, gen: t
     lung_mask = torch.empty(n, 1, image_size, image_size, dtype=torch.bool)
     lesion_mask = torch.empty_like(lung_mask)
     marker_mask = torch.empty_like(lung_mask)
+    finding_masks: dict[str, torch.Tensor] = {}
     step = _chunk_size(native_size)
     for start in range(0, n, step):
         part = slice(start, min(n, start + step))
@@ -681,9 +739,10 @@ def _render(patients: dict, acq: dict, native_size: int, image_size: int, gen: t
         a = {k: (v[part] if torch.is_tensor(v) and v.ndim >= 1 else v) for k, v in acq.items()}
         x, y = _patient_coordinates(native_size, a)
         edge = 1.2 * (2.0 / native_size) / _col(a["scale"])  # about one pixel, in patient units
-        raw, lung, lesion = _draw_anatomy(p, a, x, y, edge)
+        raw, lung, lesion, findings = _draw_anatomy(p, a, x, y, edge)
         image = _expose(raw, a, native_size, gen)
-        masks = torch.stack((lung > 0.5, (lesion > 0.02) & (lung > 0.5)), dim=1)
+        masks = torch.stack((lung > 0.5, (lesion > 0.02) & (lung > 0.5))
+                            + tuple(field > 0.5 for field in findings.values()), dim=1)
         if native_size != image_size:  # site B's lower-resolution detector, resized like any input
             image = F.interpolate(image.unsqueeze(1), size=(image_size, image_size), mode="bilinear",
                                   align_corners=False).squeeze(1)
@@ -691,14 +750,28 @@ def _render(patients: dict, acq: dict, native_size: int, image_size: int, gen: t
         marker_mask[part, 0] = _burn_markers(image, a)
         images[part, 0] = (image.clamp(0.0, 1.0) * 255).round().to(torch.uint8)
         lung_mask[part, 0], lesion_mask[part, 0] = masks[:, 0], masks[:, 1]
-    return images, {"lung": lung_mask, "lesion": lesion_mask, "marker": marker_mask}
+        for i, name in enumerate(findings):
+            finding_masks.setdefault(name, torch.zeros_like(lung_mask))[part, 0] = masks[:, 2 + i]
+    return images, {"lung": lung_mask, "lesion": lesion_mask, "marker": marker_mask} | _finding_masks(
+        finding_masks, patients)
+
+
+def _finding_masks(drawn: dict[str, torch.Tensor], patients: dict) -> dict[str, torch.Tensor]:
+    """"heart" on every image; "cardiomegaly" and "effusion" only where the finding is present."""
+    if not drawn:
+        return {}
+    has_cardiomegaly = patients["finding_cardiomegaly"].bool().reshape(-1, 1, 1, 1)
+    return {"heart": drawn["heart"], "cardiomegaly": drawn["heart"] & has_cardiomegaly,
+            "effusion": drawn["effusion"]}
 
 
 def _render_split(split: str, site: str, count: int, image_size: int, seed: int, num_classes: int,
-                  knobs: dict[str, float]) -> Split:
+                  knobs: dict[str, float], findings: bool = False) -> Split:
     gen = _generator("synthetic", seed, site, split)
     labels = _balanced_labels(count, num_classes, gen)
     patients = _sample_patients(labels, num_classes, gen)
+    if findings:  # their own generator: the pneumonia set's random stream stays exactly as without them
+        patients.update(_sample_findings(count, _generator("synthetic-findings", seed, site, split)))
     acquisition = _sample_acquisition(labels, site, knobs, gen)
     native_size = _native_size(site, knobs, image_size)
     images, masks = _render(patients, acquisition, native_size, image_size, gen)
@@ -709,14 +782,16 @@ def _render_split(split: str, site: str, count: int, image_size: int, seed: int,
         ids=tuple(f"synthetic/{site}/{split}/{i:05d}" for i in range(count)),
         original_sizes=torch.full((count, 2), native_size, dtype=torch.long),  # (width, height)
         masks=masks,
+        findings=torch.stack([patients[f"finding_{name}"] for name in FINDINGS], dim=1) if findings else None,
     )
 
 
-def generate_synthetic(image_size: int = 128, seed: int = 0, num_classes: int = 2,
+def generate_synthetic(image_size: int = 128, seed: int = 0, num_classes: int = 2, findings: bool = False,
                        **knobs: float) -> DataBundle:
     """The two-site synthetic chest X-ray set: train/val from site A, test from site B.
 
-    `knobs` override the defaults in KNOBS (ValueError for unknown names). Deterministic:
+    `knobs` override the defaults in KNOBS (ValueError for unknown names). `findings` adds
+    cardiomegaly and pleural effusion (Split.findings, DataBundle.finding_names). Deterministic:
     the same arguments give bit-identical tensors.
     """
     if num_classes not in CLASS_NAMES:
@@ -725,7 +800,8 @@ def generate_synthetic(image_size: int = 128, seed: int = 0, num_classes: int = 
     plan = (("train", "A", "n_train"), ("val", "A", "n_val"), ("test", "B", "n_test"))
     with _one_thread():
         splits = {
-            split: _render_split(split, site, int(settings[count]), image_size, seed, num_classes, settings)
+            split: _render_split(split, site, int(settings[count]), image_size, seed, num_classes, settings,
+                                 findings)
             for split, site, count in plan
         }
     changed = {k: v for k, v in settings.items() if v != KNOBS[k].default}
@@ -735,7 +811,9 @@ def generate_synthetic(image_size: int = 128, seed: int = 0, num_classes: int = 
         classes=CLASS_NAMES[num_classes],
         splits=splits,
         description=("Synthetic chest X-rays: train/val from site A, test from site B. "
-                     f"Knobs changed from the defaults: {changed or 'none'}."),
+                     f"Knobs changed from the defaults: {changed or 'none'}."
+                     + (f" Findings besides pneumonia: {', '.join(FINDINGS)}." if findings else "")),
+        finding_names=FINDINGS if findings else (),
     )
 
 

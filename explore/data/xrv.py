@@ -19,12 +19,17 @@ dataset from it; CSV rows without a file are counted and the first few listed.
 Train / val / test are split BY PATIENT. NIH has up to 184 films of one patient; an image-level
 split puts the same patient's lungs in train and test and the test score leaks.
 
+Multi-task learning (`findings=True`, DataSpec.findings; NIH only): every frontal film is kept,
+with NIH's 14 findings (torchxrayvision's NIH pathologies, from "Finding Labels") as
+Split.findings; the class label is then pneumonia vs no pneumonia.
+
 Per-image metadata (patient, view, age, sex, dataset) stays in the bundle for the Data page's
 "label vs view / age / sex" tables; lesion boxes (NIH's BBox_List_2017 pneumonia boxes, RSNA's
 boxes) become the bundle's "lesion" masks, which the Saliency page scores attributions against.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -37,6 +42,7 @@ import pandas as pd
 import torch
 
 from .bundle import SPLITS, DataBundle, DataError, SkippedFile, Split
+from .chestmnist import FINDINGS as NIH_FINDINGS  # ChestMNIST is NIH: the same 14 labels, same order
 from .folder import Decoded, Progress, decode_files, empty_split, is_visible
 
 CLASSES = ("NORMAL", "PNEUMONIA")
@@ -100,6 +106,7 @@ def read_nih(path: str) -> pd.DataFrame:
     group = np.where(findings.str.contains("Pneumonia"), "PNEUMONIA",
                      np.where(findings == "No Finding", "NORMAL", OTHER_FINDINGS))
     view = table["View Position"].astype(str)
+    present = findings.str.lower().str.get_dummies(sep="|")  # one 0/1 column per finding named in the row
     return pd.DataFrame({
         "key": table["Image Index"].astype(str),
         "group": _frontal(view, pd.Series(group), ("PA", "AP")),
@@ -107,7 +114,7 @@ def read_nih(path: str) -> pd.DataFrame:
         "view": view,
         "age": pd.to_numeric(table.get("Patient Age"), errors="coerce"),
         "sex": table.get(sex_column, pd.Series([None] * len(table))),
-    })
+    } | {f"finding:{name}": present[name].astype(float) if name in present else 0.0 for name in NIH_FINDINGS})
 
 
 def read_nih_boxes(path: str) -> dict[str, list[tuple[float, float, float, float]]]:
@@ -313,13 +320,18 @@ def index_files(image_dir: str, depth: int) -> tuple[dict[str, str], list[Skippe
 
 def load_xrv(arg: str, image_size: int = 128, seed: int = 0, all_as_test: bool = False,
              val_fraction: float = 0.2, test_fraction: float = 0.2,
-             progress: Progress | None = None, cache_dir: str | None = None) -> DataBundle:
-    """Load `xrv:` source `arg` ('nih:/data/nih[;labels=CSV]') into a bundle split by patient."""
+             progress: Progress | None = None, cache_dir: str | None = None, findings: bool = False) -> DataBundle:
+    """Load `xrv:` source `arg` ('nih:/data/nih[;labels=CSV]') into a bundle split by patient;
+    with `findings` (NIH only) every frontal film with its 14 findings as Split.findings."""
     dataset, image_dir, labels_csv = parse_xrv_source(arg)
+    if findings and dataset.name != "nih":
+        raise DataError(f"multi-label findings are available for nih only, not {dataset.name}")
     if not os.path.isdir(image_dir):
         raise DataError(f"image folder not found: {image_dir}")
     csv_path = labels_csv or package_csv(dataset.csv_file)
     table = read_once(dataset.read_labels, csv_path)
+    if findings:  # keep films with other findings: the class is then pneumonia vs no pneumonia
+        table = table.assign(group=table["group"].replace(OTHER_FINDINGS, "NORMAL"))
     files, skipped = index_files(image_dir, dataset.key_depth)
 
     on_disk = table[table["key"].isin(files.keys())]
@@ -337,6 +349,8 @@ def load_xrv(arg: str, image_size: int = 128, seed: int = 0, all_as_test: bool =
 
     assignment = split_by_patient(chosen, seed, val_fraction, test_fraction, all_as_test)
     splits = {name: _build_split(assignment[name], decoded, dataset, boxes, image_size) for name in SPLITS}
+    if findings:
+        splits = {name: _with_findings(split, assignment[name]) for name, split in splits.items()}
     if not all_as_test and not {0, 1} <= set(splits["train"].labels.tolist()):
         raise DataError(f"{dataset.title} in {image_dir}: the training split lacks one class "
                         f"({selection['groups']}); add more images")
@@ -344,8 +358,17 @@ def load_xrv(arg: str, image_size: int = 128, seed: int = 0, all_as_test: bool =
         source=f"xrv:{arg}", image_size=image_size, classes=CLASSES, splits=splits,
         skipped=tuple(skipped), selection={f"xrv:{arg}": selection},
         description=f"{dataset.title} from {image_dir}, labels {os.path.basename(csv_path)}; "
-                    f"{'all images as the test set' if all_as_test else 'split by patient'}",
+                    f"{'all images as the test set' if all_as_test else 'split by patient'}"
+                    + ("; 14 findings kept" if findings else ""),
+        finding_names=NIH_FINDINGS if findings else (),
     )
+
+
+def _with_findings(split: Split, rows: pd.DataFrame) -> Split:
+    """The split with its rows' 14 NIH findings as Split.findings (rows in the split's order: by path)."""
+    columns = [f"finding:{name}" for name in NIH_FINDINGS]
+    values = rows.sort_values("path")[columns].to_numpy(dtype=np.float32) if len(rows) else np.zeros((0, 14))
+    return dataclasses.replace(split, findings=torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)))
 
 
 def _lesion_boxes(dataset: XrvDataset, csv_path: str) -> dict:
