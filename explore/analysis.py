@@ -32,7 +32,7 @@ from explore.config import RunConfig
 from explore.data import DataBundle, DataSpec, Split, load_bundle
 from explore.device import Placement
 from explore.metrics import positive_score
-from explore.models import MODELS, build_model, count_parameters
+from explore.models import MODELS, build_model, count_parameters, family_of
 from explore.train import InputPipeline, TrainingRun, probabilities
 
 COURSE_ARCHITECTURES = ("hw3_ann", "hw3_cnn", "lab4_gap", "hw3_gap_wide")
@@ -111,7 +111,7 @@ def model_profile(model: nn.Module, size: int) -> dict:
 def build_for_profile(name: str, size: int, num_outputs: int = 1, batch_norm: bool = False) -> nn.Module:
     """A freshly built registry model (transfer backbones without downloading weights); `batch_norm`
     switches BatchNorm on in the models that take it (mlp, cnn, cnn_gap)."""
-    options = {"pretrained": False} if MODELS[name].family == "transfer" else {}
+    options = family_of(name).offline_options()
     if batch_norm and "batch_norm" in MODELS[name].options:
         options["batch_norm"] = True
     return build_model(name, size, num_outputs, **options)
@@ -246,7 +246,7 @@ class PeakMemory:
 
 def _timing_config(name: str, size: int, batch_size: int, epochs: int) -> RunConfig:
     """The course's training settings (Adam, BCE), no schedule, no test split: only speed matters."""
-    extra = {"pretrained": False} if MODELS[name].family == "transfer" else {}
+    extra = family_of(name).offline_options()
     return RunConfig(model=name, data=DataSpec(image_size=size), batch_size=batch_size, epochs=epochs,
                      scheduler="none", eval_test=False, name=f"timing {name}", **extra)
 

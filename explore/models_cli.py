@@ -4,14 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from explore.models import MODELS, build_model, count_parameters
+from explore.models import MODELS, build_model, count_parameters, family_of
 
 
 def describe(name: str, size: int, num_outputs: int = 1, with_layers: bool = True) -> dict:
     info = MODELS[name]
     row = {"name": name, "family": info.family, "description": info.description}
     try:
-        model = build_model(name, size, num_outputs, **({"pretrained": False} if info.family == "transfer" else {}))
+        model = build_model(name, size, num_outputs, **family_of(name).offline_options())
     except Exception as error:  # e.g. a transfer backbone that cannot be built here
         row["error"] = str(error)
         return row

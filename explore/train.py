@@ -24,12 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from explore import augment as augmentations
-from explore import transfer_setup
 from explore.config import RunConfig
 from explore.data import DataBundle, load_bundle
 from explore.device import Placement, reuse_freed_memory, set_cpu_threads, tune_cuda
 from explore.metrics import binary_report
-from explore.models import MODELS, build_model, count_parameters
+from explore.models import count_parameters, family_of
 
 EVAL_BATCH_SIZE = 256
 # On a CPU evaluation is no faster above 64 images per batch (measured, BENCHMARKS.md), while one
@@ -162,7 +161,8 @@ class TrainingRun:
     """
 
     def __init__(self, config: RunConfig, bundle: DataBundle | None = None, placement: Placement | None = None):
-        self.config = config
+        self.config = config = config.resolve()
+        self.family = family_of(config.model)  # how this model builds, which parameters train, the epoch hook
         self.bundle = bundle if bundle is not None else load_bundle(config.data)
         self.placement = placement or Placement.choose(config.device, config.precision)
         if self.placement.device.type == "cpu":
@@ -187,11 +187,8 @@ class TrainingRun:
 
     # ----- setup -----------------------------------------------------------------------
     def _build_model(self) -> nn.Module:
-        config, bundle = self.config, self.bundle
-        if MODELS[config.model].family == "transfer":
-            model, self.weights_name = transfer_setup.build_for_run(config, bundle.num_classes)
-        else:
-            model = build_model(config.model, bundle.image_size, config.num_outputs, **config.options())
+        model, self.weights_name = self.family.build_for_run(self.config, self.bundle.num_classes,
+                                                             self.bundle.image_size)
         model = model.to(self.placement.device)
         if _uses_channels_last(model):
             model = model.to(memory_format=torch.channels_last)
@@ -233,9 +230,7 @@ class TrainingRun:
         return placed
 
     def param_groups(self):
-        if MODELS[self.config.model].family == "transfer":
-            return transfer_setup.param_groups(self.model, self.config)
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        return self.family.param_groups(self.model, self.config)
 
     # ----- the loop --------------------------------------------------------------------
     def forward(self, images: torch.Tensor, train: bool, generator=None) -> torch.Tensor:
@@ -377,9 +372,8 @@ class TrainingRun:
         yield {"kind": "end", "status": self.status, "message": self.message}
 
     def _before_epoch(self, epoch: int):
-        """Hook for two-phase transfer learning (unfreeze the backbone after `frozen_epochs`)."""
-        if MODELS[self.config.model].family == "transfer":
-            transfer_setup.before_epoch(self.model, self.config, epoch)
+        """The family's hook (two-phase transfer learning unfreezes the backbone after `frozen_epochs`)."""
+        self.family.before_epoch(self.model, self.config, epoch)
 
     def _epoch_record(self, epoch, loss_sum, correct, n, lr, seconds) -> dict:
         evaluations = {name: self.evaluate(name) for name in self.data if name != "train"}

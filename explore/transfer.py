@@ -52,7 +52,7 @@ from explore.config import RunConfig
 from explore.data import DataBundle, DataSpec
 from explore.data.synthetic import generate_synthetic
 from explore.device import Placement
-from explore.models import MODELS
+from explore.models import family_of
 from explore.store import save_tensors
 from explore.train import EVAL_BATCH_SIZE, TrainingRun, _uses_channels_last
 from explore.transfer_setup import before_epoch, build_for_run, param_groups  # noqa: F401 (re-exported)
@@ -226,7 +226,7 @@ def honest_configs(configs: list[RunConfig], check_network: bool = True) -> tupl
     had become random-init runs named '(random init)'; other runs pass unchanged. Returns (configs, messages)."""
     out, messages = [], []
     for config in configs:
-        if MODELS[config.model].family == "transfer":
+        if family_of(config.model).pretrained_weights:
             config, message = resolve_pretrained(config, check_network=check_network)
             if message and message not in messages:
                 messages.append(message)
@@ -237,7 +237,7 @@ def honest_configs(configs: list[RunConfig], check_network: bool = True) -> tupl
 def relabel_if_random(config: RunConfig, weights_name: str | None) -> RunConfig | None:
     """After the model is built: a run that asked for ImageNet weights but got random ones (the download
     failed after it was queued) → its config, relabelled '(random init)'; None when nothing changes."""
-    if weights_name != RANDOM or MODELS[config.model].family != "transfer":
+    if weights_name != RANDOM or not family_of(config.model).pretrained_weights:
         return None
     honest = _with_random_suffix(config.replace(pretrained=False))
     return None if honest == config else honest
