@@ -51,7 +51,7 @@ from explore.metrics import positive_score
 from explore.models import build_model
 from explore.report import outline_mask
 from explore.store import RunRecord, RunStore, StoreError
-from explore.train import InputPipeline, probabilities
+from explore.train import InputPipeline, eval_batches, probabilities
 
 
 @dataclass(frozen=True)
@@ -216,19 +216,16 @@ def pipeline_for_run(config: RunConfig, summary: dict | None = None, bundle: Dat
     return InputPipeline(config, bundle.train.images)
 
 
-@torch.no_grad()
 def predict(model: nn.Module, pipeline: InputPipeline, images: torch.Tensor,
             device: torch.device | str | None = None, batch_size: int = 256) -> torch.Tensor:
     """Probabilities (N, or N×K) from the model in eval mode, fed through the run's pipeline."""
     device = torch.device(device or next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        x = pipeline(pipeline.stored(chunk), train=False).to(device)
-        out.append(probabilities(model(x)).cpu())
-    model.train(was_training)
+
+    def step(batch: slice) -> torch.Tensor:
+        x = pipeline(pipeline.stored(images[batch]), train=False).to(device)
+        return probabilities(model(x)).cpu()
+
+    out = eval_batches(model, len(images), batch_size, step)
     return torch.cat(out) if out else torch.zeros(0)
 
 

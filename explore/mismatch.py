@@ -36,6 +36,7 @@ from explore.config import RunConfig
 from explore.data import DataError, Split
 from explore.metrics import auc, binary_report, positive_score, roc_curve
 from explore.store import RunStore, StoreError
+from explore.train import split_train_dev
 
 SPLIT_TITLES = {
     "train": "train (site A, seen in training)",
@@ -83,21 +84,6 @@ def roc_rows(predictions: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- error decomposition
-def split_train_dev(train: Split, fraction: float, seed: int, num_classes: int) -> tuple[Split, Split | None]:
-    """The run's own train / train-dev split (the same stratified, seeded draw as TrainingRun)."""
-    if fraction <= 0:
-        return train, None
-    g = torch.Generator().manual_seed(seed + 1)
-    keep, hold = [], []
-    for cls in range(num_classes):
-        idx = torch.nonzero(train.labels == cls).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n_hold = int(round(len(idx) * fraction))
-        hold.append(idx[:n_hold])
-        keep.append(idx[n_hold:])
-    return train.subset(torch.cat(keep).sort().values), train.subset(torch.cat(hold).sort().values)
-
-
 def measure_train_error(loaded: LoadedRun, threshold: float = 0.5, max_images: int = 2000,
                         device: torch.device | str | None = None) -> dict:
     """Train error re-evaluated in eval mode (no dropout, no augmentation, final weights).

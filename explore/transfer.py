@@ -54,7 +54,7 @@ from explore.data.synthetic import generate_synthetic
 from explore.device import Placement
 from explore.models import family_of
 from explore.store import save_tensors
-from explore.train import EVAL_BATCH_SIZE, TrainingRun, _uses_channels_last
+from explore.train import EVAL_BATCH_SIZE, TrainingRun, _uses_channels_last, eval_batches
 from explore.transfer_setup import before_epoch, build_for_run, param_groups  # noqa: F401 (re-exported)
 
 
@@ -123,20 +123,19 @@ class FeatureCache:
 FEATURE_CACHE = FeatureCache()  # holds immutable tensors only, keyed by content: safe to share
 
 
-@torch.no_grad()
 def extract_features(model: TransferNet, images: torch.Tensor, pipeline, placement: Placement,
                      batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
     """The backbone's output for uint8 images (eval mode: BatchNorm uses its stored statistics)."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = pipeline(images[start:start + batch_size], train=False)
-        if _uses_channels_last(model):
+    channels_last = _uses_channels_last(model)
+
+    def step(batch: slice) -> torch.Tensor:
+        x = pipeline(images[batch], train=False)
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with placement.autocast():
-            out.append(model.features(x).float())
-    model.train(was_training)
+            return model.features(x).float()
+
+    out = eval_batches(model, len(images), batch_size, step)
     return torch.cat(out) if out else torch.zeros(0)
 
 

@@ -95,14 +95,6 @@ def test_source_classifier_sees_a_site_shift_and_nothing_without_one():
     assert abs(unshifted - 0.5) < 0.2, unshifted
 
 
-def test_train_dev_split_is_the_one_training_used(bundle):
-    config = RunConfig(data=DataSpec(image_size=64), model="lab4_gap", epochs=1, train_dev_fraction=0.25, seed=3)
-    run = TrainingRun(config, bundle)
-    kept, held = M.split_train_dev(bundle.train, 0.25, 3, 2)
-    assert torch.equal(run.data["train"][0], kept.images) and torch.equal(run.data["train_dev"][0], held.images)
-    assert M.split_train_dev(bundle.train, 0.0, 3, 2)[1] is None
-
-
 def test_decompose_run_re_evaluates_train_in_eval_mode(run_with_train_dev, bundle):
     store, run_id = run_with_train_dev
     loaded = A.load_run(store, run_id, bundle=bundle)
