@@ -29,11 +29,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from explore.config import RunConfig
-from explore.data import DataBundle, DataSpec, Split, load_bundle
+from explore.data import DataBundle, DataSpec, Split
 from explore.device import Placement
 from explore.metrics import positive_score
 from explore.models import MODELS, build_model, count_parameters, family_of
-from explore.train import InputPipeline, TrainingRun, probabilities
+from explore.train import TrainingRun, pipeline_for_run, probabilities
 
 COURSE_ARCHITECTURES = ("hw3_ann", "hw3_cnn", "lab4_gap", "hw3_gap_wide")
 LECTURE_BATCH_SIZES = (24, 32, 48, 64, 96, 128)  # powers of two and the sizes between them
@@ -372,12 +372,7 @@ def classifier_from_run(store, run_id: str) -> Classifier:
     """A finished run's model with its own input pipeline (the normalisation stats in summary.json)."""
     model, config = store.load_model(run_id)
     record = store.load(run_id, with_metrics=False)
-    stats = (record.summary or {}).get("input_pipeline")
-    if stats:  # the stored training-set statistics: no need to load the training images again
-        pipeline = InputPipeline(config, torch.zeros(0, 1, 1, 1, dtype=torch.uint8))
-        pipeline.mean, pipeline.std = float(stats["mean"]), float(stats["std"])
-    else:
-        pipeline = InputPipeline(config, load_bundle(config.data).train.images)
+    pipeline = pipeline_for_run(config, record.summary)
     return Classifier(f"{config.model} · {record.label}", model, config.data.image_size,
                       lambda images: pipeline(pipeline.stored(images), train=False))
 

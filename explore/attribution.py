@@ -51,7 +51,7 @@ from explore.metrics import positive_score
 from explore.models import build_model
 from explore.report import outline_mask
 from explore.store import RunRecord, RunStore, StoreError
-from explore.train import InputPipeline, eval_batches, probabilities
+from explore.train import InputPipeline, eval_batches, pipeline_for_run, probabilities  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -203,17 +203,6 @@ def make_explainer(model: nn.Module, pipeline: InputPipeline, image_size: int,
     return Explainer(model=clone, scorer=ClassLogOdds(clone), pipeline=pipeline, device=device,
                      image_size=image_size, gradcam_layer=layer, gradcam_layer_name=name, classes=tuple(classes),
                      channels_last=bool(convs))
-
-
-def pipeline_for_run(config: RunConfig, summary: dict | None = None, bundle: DataBundle | None = None) -> InputPipeline:
-    """The run's own InputPipeline: statistics from summary.json, else recomputed from the training images."""
-    stats = (summary or {}).get("input_pipeline") or {}
-    if "mean" in stats and "std" in stats:
-        pipeline = InputPipeline(config, torch.zeros(0, 1, 1, 1, dtype=torch.uint8))
-        pipeline.mean, pipeline.std = float(stats["mean"]), float(stats["std"])
-        return pipeline
-    bundle = bundle if bundle is not None else load_bundle(config.data)
-    return InputPipeline(config, bundle.train.images)
 
 
 def predict(model: nn.Module, pipeline: InputPipeline, images: torch.Tensor,

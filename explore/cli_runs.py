@@ -159,8 +159,8 @@ def compare_main(argv: list[str]) -> int:
 def runs_to_compare(store: RunStore, run_ids: list[str], group: str | None) -> list:
     ids = list(run_ids)
     if group:
-        ids += [r.run_id for r in store.list() if r.config is not None and r.config.group == group
-                and r.run_id not in ids]
+        newest_first = reversed(store.group_runs(group, with_metrics=False))
+        ids += [r.run_id for r in newest_first if r.run_id not in ids]
     if not ids:
         raise ValueError("name the runs to compare (RUN_ID ...) or a --group")
     records = [store.load(run_id) for run_id in ids]

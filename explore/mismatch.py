@@ -400,9 +400,7 @@ def fix_table(store: RunStore, base_run_id: str) -> list[dict]:
         raise StoreError(f"run {base_run_id} cannot be read: {base.damaged}")
     group = fix_group(base_run_id)
     rows = [_fix_row(base, "as trained (baseline)", "")]
-    for record in sorted(store.list(), key=lambda r: r.created):
-        if record.config is None or record.config.group != group:
-            continue
+    for record in store.group_runs(group, with_metrics=False):
         changes = base.config.differences(record.config)
         changed = ", ".join(f"{k}: {a} → {b}" for k, (a, b) in changes.items() if k not in ("name", "group", "epochs"))
         title = record.config.name.rsplit(" · ", 1)[-1]

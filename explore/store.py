@@ -202,6 +202,11 @@ class RunStore:
     def list(self, with_metrics: bool = False) -> list[RunRecord]:
         return [self.load(run_id, with_metrics) for run_id in self.run_ids()]
 
+    def group_runs(self, group: str, with_metrics: bool = True) -> list[RunRecord]:
+        """The readable runs of one group (a sweep, a repeat, a 'Run both', a set of fixes), oldest first."""
+        records = [r for r in self.list(with_metrics) if r.config is not None and r.config.group == group]
+        return sorted(records, key=lambda r: r.created)
+
     def load_weights(self, run_id: str) -> dict:
         path = self.path(run_id) / "weights.pt"
         if not path.exists():

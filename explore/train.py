@@ -78,6 +78,18 @@ class InputPipeline:
         return {"norm": self.norm, "mean": self.mean, "std": self.std}
 
 
+def pipeline_for_run(config: RunConfig, summary: dict | None = None, bundle: DataBundle | None = None) -> InputPipeline:
+    """A finished run's own InputPipeline: the statistics stored in its summary.json, else recomputed from
+    the training images (the config's data, or `bundle`). Attribution, analysis and ROAR all rebuild it here."""
+    stats = (summary or {}).get("input_pipeline") or {}
+    if "mean" in stats and "std" in stats:
+        pipeline = InputPipeline(config, torch.zeros(0, 1, 1, 1, dtype=torch.uint8))
+        pipeline.mean, pipeline.std = float(stats["mean"]), float(stats["std"])
+        return pipeline
+    bundle = bundle if bundle is not None else load_bundle(config.data)
+    return InputPipeline(config, bundle.train.images)
+
+
 def permuted_labels(labels: torch.Tensor, seed: int) -> torch.Tensor:
     """The data-randomisation test's training labels: the same labels in a seeded random order.
 

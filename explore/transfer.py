@@ -296,9 +296,7 @@ def parameter_table(backbone: str, head: str = "course", modes=MODES, num_output
 
 def group_records(store, group: str) -> list:
     """The transfer runs of one group (e.g. the frozen and fine-tuned runs of one "Run both"), oldest first."""
-    records = [r for r in store.list(with_metrics=True)
-               if r.config is not None and r.config.group == group and r.config.model in BACKBONES]
-    return sorted(records, key=lambda r: r.created)
+    return [r for r in store.group_runs(group) if r.config.model in BACKBONES]
 
 
 def transfer_groups(store) -> list[str]:
