@@ -19,10 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from explore import compare
+from explore import compare, report
 from explore.config import RunConfig
 from explore.data import DataError
 from explore.models import MODELS
+from explore.share import export_run_bundle, import_run_bundle
 from explore.store import RunStore, StoreError
 from explore.train_cli import add_output_options, add_run_options, apply_args, honest_weights, train_all
 
@@ -172,7 +173,6 @@ def runs_to_compare(store: RunStore, run_ids: list[str], group: str | None) -> l
 
 def write_comparison(records: list, table, out: Path, fmt: str) -> list[str]:
     """comparison.csv, curves.csv, and one chart per metric (accuracy, loss, learning rate)."""
-    from explore import report
 
     out.mkdir(parents=True, exist_ok=True)
     curve_rows = compare.curves(records)
@@ -191,7 +191,6 @@ def write_comparison(records: list, table, out: Path, fmt: str) -> list[str]:
 
 # ----- export / import ----------------------------------------------------------------------
 def export_main(argv: list[str]) -> int:
-    from explore.share import export_run_bundle
 
     p = argparse.ArgumentParser(prog="python -m explore export",
                                 description="Write a run bundle: config, curves, summary, weights and predictions.")
@@ -213,7 +212,6 @@ def export_main(argv: list[str]) -> int:
 
 
 def import_main(argv: list[str]) -> int:
-    from explore.share import import_run_bundle
 
     p = argparse.ArgumentParser(prog="python -m explore import",
                                 description="Open a run bundle (from export or the Train page) into the runs folder.")

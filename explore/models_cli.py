@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from explore.analysis import model_profile
 from explore.models import MODELS, build_model, count_parameters, family_of
 
 
@@ -17,10 +18,6 @@ def describe(name: str, size: int, num_outputs: int = 1, with_layers: bool = Tru
         return row
     total, trainable = count_parameters(model)
     row |= {"params_total": total, "params_trainable": trainable}
-    try:
-        from explore.analysis import model_profile
-    except ImportError:
-        return row
     profile = model_profile(model, size)
     row["macs"] = profile["macs"]
     if with_layers:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 
 from .bundle import IMAGE_SIZES, SPLITS, DataBundle, DataError, SkippedFile, Split
 from .disk_cache import load_through_disk
+from .synthetic import generate_synthetic
 
 __all__ = [
     "DataBundle", "DataError", "DataSpec", "IMAGE_SIZES", "SPLITS", "SkippedFile", "Split",
@@ -77,9 +78,9 @@ def parse_source(source: str) -> tuple[str, str]:
 def _load_one(source: str, spec: DataSpec, for_test: bool = False) -> DataBundle:
     """Load one source. As a test source, a flat PATH/CLASS/* folder gives all its images to test."""
     kind, arg = parse_source(source)
+    # The file loaders import only when their source is used: they bring PIL, pydicom or pandas, which a
+    # process training on the built-in synthetic set (every worker, by default) never needs to load.
     if kind == "synthetic":
-        from .synthetic import generate_synthetic
-
         return generate_synthetic(image_size=spec.image_size, seed=spec.seed,
                                   num_classes=spec.num_classes, **dict(spec.synthetic))
     if kind == "folder":
