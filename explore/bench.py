@@ -53,7 +53,7 @@ from explore.models import SCRATCH_MODELS, build_model
 # section that measures it: the fresh processes that import this module to be measured (COURSE_SCRIPT, the
 # course's own loop; memory_session, a typical session's peak memory) must load only what they use, or the
 # figures would include captum and the job manager.
-from explore.soak import free_port, stop_server
+from explore.soak import free_port, run_concurrent, run_soak, run_watch_cost, stop_server
 from explore.bench_stats import fmt, spread  # noqa: F401 (re-exported: bench.spread, bench.fmt)
 from explore.bench_workers import bench_workers, format_workers
 
@@ -663,16 +663,12 @@ def default_sections(device: str) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- 7. memory soak
 def bench_soak(settings: Settings) -> dict:
     """Browser sessions one after another on one server (3 with --quick, else 20); see explore.soak."""
-    from explore.soak import run_soak
-
     return run_soak(sessions=3 if settings.quick else 20, epochs=2, log=log)
 
 
 def bench_watch(settings: Settings) -> dict:
     """A tab watching a run live vs no tab: with Streamlit's post-run gc.collect() on (its default)
     and off (this app's setting); see explore.soak.run_watch_cost."""
-    from explore.soak import run_watch_cost
-
     window, repeats = (4.0, 1) if settings.quick else (10.0, 2)
     results = {f"gc_{'on' if gc else 'off'}": run_watch_cost(window, repeats, post_script_gc=gc, log=log)
                for gc in (True, False)}
@@ -683,8 +679,6 @@ def bench_watch(settings: Settings) -> dict:
 
 def bench_concurrent(settings: Settings) -> dict:
     """Browser sessions AT ONCE on one demo-mode server (3 with --quick, else 10); see explore.soak.run_concurrent."""
-    from explore.soak import run_concurrent
-
     return run_concurrent(sessions=3 if settings.quick else 10, log=log)
 
 
