@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explore.attribution import LoadedRun, forward_order, load_run_dir, predict
+from explore.finished_run import FinishedRun, load_run_dir, predict
 from explore.config import RunConfig
-from explore.data import DataError, Split
+from explore.data import DataError
 from explore.metrics import auc, binary_report, positive_score, roc_curve
+from explore.models import forward_order
 from explore.store import RunStore, StoreError
 from explore.train import split_train_dev
 
@@ -84,7 +85,7 @@ def roc_rows(predictions: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- error decomposition
-def measure_train_error(loaded: LoadedRun, threshold: float = 0.5, max_images: int = 2000,
+def measure_train_error(loaded: FinishedRun, threshold: float = 0.5, max_images: int = 2000,
                         device: torch.device | str | None = None) -> dict:
     """Train error re-evaluated in eval mode (no dropout, no augmentation, final weights).
 
@@ -156,7 +157,7 @@ def error_decomposition(train_error: float, val_error: float, test_error: float,
             "largest": largest["name"] if largest and largest["value"] > 0 else None, "notes": notes}
 
 
-def decompose_run(loaded: LoadedRun, threshold: float = 0.5, human_error: float = 0.0,
+def decompose_run(loaded: FinishedRun, threshold: float = 0.5, human_error: float = 0.0,
                   device: torch.device | str | None = None) -> dict:
     """The decomposition for a stored run (train error re-evaluated; the rest from predictions.pt)."""
     errors = {}
@@ -259,7 +260,7 @@ def source_verdict(value: float | None) -> str:
     return "the sources are hard to tell apart from the image alone"
 
 
-def run_source_classifier(loaded: LoadedRun, seed: int = 0, device: torch.device | str | None = None) -> dict:
+def run_source_classifier(loaded: FinishedRun, seed: int = 0, device: torch.device | str | None = None) -> dict:
     """Val (site A) vs test (site B) of a run's dataset, with a note when the class mix differs."""
     val, test = loaded.bundle.val, loaded.bundle.test
     if len(test) == 0:
@@ -311,7 +312,7 @@ def pca_2d(features: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
     return coords.float(), explained + [0.0] * (2 - len(explained))
 
 
-def feature_pca(loaded: LoadedRun, max_per_split: int = 300, device: torch.device | str | None = None) -> dict:
+def feature_pca(loaded: FinishedRun, max_per_split: int = 300, device: torch.device | str | None = None) -> dict:
     """Val and test images in the model's penultimate feature space, as rows for a scatter plot."""
     splits = {"val": loaded.bundle.val, "test": loaded.bundle.test}
     features, rows = [], []
@@ -417,7 +418,7 @@ def _fix_row(record, title: str, changed: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- everything, for the CLI
-def mismatch_report(loaded: LoadedRun, threshold: float = 0.5, human_error: float = 0.0,
+def mismatch_report(loaded: FinishedRun, threshold: float = 0.5, human_error: float = 0.0,
                     with_source_classifier: bool = True, device: torch.device | str | None = None) -> dict:
     report = {"run_id": loaded.run_id, "model": loaded.config.model, "threshold": threshold,
               "internal_external": internal_external(loaded.predictions, threshold),

@@ -326,3 +326,30 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
+
+
+def forward_order(model: nn.Module, example: torch.Tensor, kinds=(nn.Conv2d, nn.Linear)) -> list[tuple[str, nn.Module]]:
+    """Modules of the given kinds in the order the forward pass calls them (not the order they were defined).
+
+    Registration order can lie (GoogLeNet defines its auxiliary heads after the last block),
+    so one forward pass with hooks records what really runs.
+    """
+    calls: list[tuple[str, nn.Module]] = []
+    seen: set[int] = set()
+
+    def record(name):
+        def hook(module, inputs, output):
+            if id(module) not in seen:
+                seen.add(id(module))
+                calls.append((name, module))
+        return hook
+
+    handles = [m.register_forward_hook(record(name)) for name, m in model.named_modules()
+               if isinstance(m, kinds) or (kinds == () and any(True for _ in m.parameters(recurse=False)))]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
