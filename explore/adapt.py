@@ -31,7 +31,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from explore.attribution import LoadedRun, load_run_dir, predict
+from explore.finished_run import FinishedRun, load_run_dir, predict
 from explore.data import DataError, Split
 from explore.mismatch import internal_external, threshold_report
 from explore.store import StoreError
@@ -120,7 +120,7 @@ def pick_shots(labels: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     return torch.tensor(sorted(chosen))
 
 
-def finetune(loaded: LoadedRun, shots: Split, seed: int = 0, device: torch.device | str = "cpu",
+def finetune(loaded: FinishedRun, shots: Split, seed: int = 0, device: torch.device | str = "cpu",
              epochs: int = FINETUNE_EPOCHS) -> nn.Module:
     """A copy of the run's model trained on the k `shots` with the run's own loss and optimizer.
 
@@ -162,7 +162,7 @@ def _metrics(report: dict) -> dict:
     return {key: report[key] for key in keep}
 
 
-def adapt(loaded: LoadedRun, method: str, k: int = 32, seed: int = 0, threshold: float = 0.5,
+def adapt(loaded: FinishedRun, method: str, k: int = 32, seed: int = 0, threshold: float = 0.5,
           device: torch.device | str = "cpu") -> dict:
     """Test metrics before and after one adaptation, on the same test images."""
     if method not in METHODS:
@@ -192,7 +192,7 @@ def adapt(loaded: LoadedRun, method: str, k: int = 32, seed: int = 0, threshold:
     return result | _gaps(loaded, result, threshold)
 
 
-def _gaps(loaded: LoadedRun, result: dict, threshold: float) -> dict:
+def _gaps(loaded: FinishedRun, result: dict, threshold: float) -> dict:
     """The val score (the training hospital, unchanged) and the val − test gap before and after."""
     val = internal_external(loaded.predictions, threshold).get("val")
     if val is None:

@@ -28,11 +28,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from explore.config import RunConfig
-from explore.data import DataBundle, DataSpec, Split, load_bundle
+from explore.data import DataBundle, DataSpec, Split
 from explore.device import Placement
 from explore.metrics import positive_score
-from explore.models import MODELS, build_model, count_parameters
-from explore.train import InputPipeline, TrainingRun, probabilities
+from explore.models import MODELS, build_model, count_parameters, family_of
+from explore.train import TrainingRun, pipeline_for_run, probabilities
 
 COURSE_ARCHITECTURES = ("hw3_ann", "hw3_cnn", "lab4_gap", "hw3_gap_wide")
 LECTURE_BATCH_SIZES = (24, 32, 48, 64, 96, 128)  # powers of two and the sizes between them
@@ -112,7 +112,7 @@ def model_profile(model: nn.Module, size: int) -> dict:
 def build_for_profile(name: str, size: int, num_outputs: int = 1, batch_norm: bool = False) -> nn.Module:
     """A freshly built registry model (transfer backbones without downloading weights); `batch_norm`
     switches BatchNorm on in the models that take it (mlp, cnn, cnn_gap)."""
-    options = {"pretrained": False} if MODELS[name].family == "transfer" else {}
+    options = family_of(name).offline_options()
     if batch_norm and "batch_norm" in MODELS[name].options:
         options["batch_norm"] = True
     return build_model(name, size, num_outputs, **options)
@@ -247,7 +247,7 @@ class PeakMemory:
 
 def _timing_config(name: str, size: int, batch_size: int, epochs: int) -> RunConfig:
     """The course's training settings (Adam, BCE), no schedule, no test split: only speed matters."""
-    extra = {"pretrained": False} if MODELS[name].family == "transfer" else {}
+    extra = family_of(name).offline_options()
     return RunConfig(model=name, data=DataSpec(image_size=size), batch_size=batch_size, epochs=epochs,
                      scheduler="none", eval_test=False, name=f"timing {name}", **extra)
 
@@ -391,12 +391,7 @@ def classifier_from_run(store, run_id: str) -> Classifier:
     """A finished run's model with its own input pipeline (the normalisation stats in summary.json)."""
     model, config = store.load_model(run_id)
     record = store.load(run_id, with_metrics=False)
-    stats = (record.summary or {}).get("input_pipeline")
-    if stats:  # the stored training-set statistics: no need to load the training images again
-        pipeline = InputPipeline(config, torch.zeros(0, 1, 1, 1, dtype=torch.uint8))
-        pipeline.mean, pipeline.std = float(stats["mean"]), float(stats["std"])
-    else:
-        pipeline = InputPipeline(config, load_bundle(config.data).train.images)
+    pipeline = pipeline_for_run(config, record.summary)
     return Classifier(f"{config.model} · {record.label}", model, config.data.image_size,
                       lambda images: pipeline(pipeline.stored(images), train=False))
 

@@ -38,7 +38,7 @@ import copy
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +47,15 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Noi
 from torch import nn
 
 from explore.config import RunConfig
-from explore.data import DataBundle, DataError, Split, load_bundle
+from explore.data import DataBundle, DataError, Split
 from explore.browse import BROWSE_MODES, CELL_MEANING, CELLS_BINARY, cell_name, outcomes, select  # noqa: F401 (re-exported)
+from explore import finished_run
+from explore.finished_run import FinishedRun, predict  # noqa: F401 (predict re-exported)
 from explore.metrics import positive_score
-from explore.models import build_model
+from explore.models import build_model, forward_order
 from explore.report import outline_mask
 from explore.store import RunRecord, RunStore, StoreError
-from explore.train import InputPipeline, probabilities
+from explore.train import InputPipeline, eval_batches, pipeline_for_run, probabilities  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -131,33 +133,6 @@ class LabelLogOdds(nn.Module):
         return self.model(x).float()
 
 
-def forward_order(model: nn.Module, example: torch.Tensor, kinds=(nn.Conv2d, nn.Linear)) -> list[tuple[str, nn.Module]]:
-    """Modules of the given kinds in the order the forward pass calls them (not the order they were defined).
-
-    Registration order can lie (GoogLeNet defines its auxiliary heads after the last block),
-    so one forward pass with hooks records what really runs.
-    """
-    calls: list[tuple[str, nn.Module]] = []
-    seen: set[int] = set()
-
-    def record(name):
-        def hook(module, inputs, output):
-            if id(module) not in seen:
-                seen.add(id(module))
-                calls.append((name, module))
-        return hook
-
-    handles = [m.register_forward_hook(record(name)) for name, m in model.named_modules()
-               if isinstance(m, kinds) or (kinds == () and any(True for _ in m.parameters(recurse=False)))]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return calls
-
-
 def parameter_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module]]:
     """Every module that owns weights (conv, linear, batch norm…), in forward order."""
     return forward_order(model, example, kinds=())
@@ -221,33 +196,6 @@ def make_explainer(model: nn.Module, pipeline: InputPipeline, image_size: int,
     return Explainer(model=clone, scorer=scorer, pipeline=pipeline, device=device,
                      image_size=image_size, gradcam_layer=layer, gradcam_layer_name=name, classes=tuple(classes),
                      channels_last=bool(convs), multilabel=multilabel)
-
-
-def pipeline_for_run(config: RunConfig, summary: dict | None = None, bundle: DataBundle | None = None) -> InputPipeline:
-    """The run's own InputPipeline: statistics from summary.json, else recomputed from the training images."""
-    stats = (summary or {}).get("input_pipeline") or {}
-    if "mean" in stats and "std" in stats:
-        pipeline = InputPipeline(config, torch.zeros(0, 1, 1, 1, dtype=torch.uint8))
-        pipeline.mean, pipeline.std = float(stats["mean"]), float(stats["std"])
-        return pipeline
-    bundle = bundle if bundle is not None else load_bundle(config.data)
-    return InputPipeline(config, bundle.train.images)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, pipeline: InputPipeline, images: torch.Tensor,
-            device: torch.device | str | None = None, batch_size: int = 256) -> torch.Tensor:
-    """Probabilities (N, or N×K) from the model in eval mode, fed through the run's pipeline."""
-    device = torch.device(device or next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        x = pipeline(pipeline.stored(chunk), train=False).to(device)
-        out.append(probabilities(model(x)).cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
 
 
 # ----------------------------------------------------------------------------- the methods
@@ -643,21 +591,10 @@ def run_label(record: RunRecord) -> str:
 
 
 @dataclass
-class LoadedRun:
-    """A finished run ready for analysis: model (eval, CPU), config, predictions, data and pipeline."""
+class LoadedRun(FinishedRun):
+    """A finished run ready for analysis (explore.finished_run) that can also be explained."""
 
-    run_id: str
-    record: RunRecord
-    model: nn.Module
-    config: RunConfig
-    predictions: dict
-    bundle: DataBundle
-    pipeline: InputPipeline
-    warnings: list[str] = field(default_factory=list)
     gradcam_layer_name: str | None = None  # the last conv layer the forward pass runs; None for MLPs
-
-    def split(self, name: str) -> Split:
-        return self.bundle.splits[name]
 
     def explainer(self, device: torch.device | str | None = None) -> Explainer:
         if self.config.tasks:  # multi-label: one output per finding
@@ -683,37 +620,17 @@ class LoadedRun:
 
 
 def load_run(store: RunStore, run_id: str, bundle: DataBundle | None = None) -> LoadedRun:
-    """Model, predictions, data and input pipeline of one run. Raises StoreError/DataError with a clear message."""
-    record = store.load(run_id, with_metrics=True)
-    if record.damaged or record.config is None:
-        raise StoreError(f"run {run_id} cannot be read: {record.damaged}")
-    model, config = store.load_model(run_id)
-    predictions = store.load_predictions(run_id)
-    bundle = bundle if bundle is not None else load_bundle(config.data)
-    pipeline = pipeline_for_run(config, record.summary, bundle)
-    warnings = []
-    for name in ("val", "test"):
-        stored = predictions.get(name)
-        expected = bundle.splits[name].labels
-        if config.tasks and name in bundle.splits:  # multi-label runs store N×K targets (NaN: unknown)
-            from explore.multilabel import split_targets
-
-            expected = split_targets(bundle.splits[name], bundle, config.tasks)
-        if stored is not None and (stored["labels"].shape != expected.shape or not torch.equal(
-                stored["labels"].float().nan_to_num(-1), expected.float().nan_to_num(-1))):
-            warnings.append(f"the {name} images no longer match the run's saved predictions (the dataset "
-                            f"changed since training); browsing by outcome on {name} is unreliable")
-    loaded = LoadedRun(run_id, record, model, config, predictions, bundle, pipeline, warnings)
+    """Model, predictions, data and input pipeline of one run (explore.finished_run.load_run), explainable.
+    Raises StoreError/DataError with a clear message."""
+    finished = finished_run.load_run(store, run_id, bundle)
+    loaded = LoadedRun(**{f.name: getattr(finished, f.name) for f in fields(FinishedRun)})
     loaded.gradcam_layer_name = loaded.explainer().gradcam_layer_name
     return loaded
 
 
 def load_run_dir(run_dir: str | Path, bundle: DataBundle | None = None) -> LoadedRun:
     """`--run RUN_DIR` (a run folder path) → LoadedRun."""
-    path = Path(run_dir)
-    if not (path / "config.json").exists():
-        raise StoreError(f"{path} is not a run folder (no config.json)")
-    return load_run(RunStore(path.parent), path.name, bundle)
+    return load_run(RunStore(Path(run_dir).parent), finished_run.run_folder(run_dir).name, bundle)
 
 
 # ----------------------------------------------------------------------------- for pages and the CLI

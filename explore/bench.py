@@ -44,8 +44,16 @@ import torch
 from torch import nn
 
 from explore.config import RunConfig
-from explore.data import DataBundle, DataSpec, load_bundle
-from explore.soak import free_port, stop_server
+from explore.data import IMAGE_SIZES, DataBundle, DataSpec, load_bundle
+from explore.data.folder import load_folder
+from explore.data.synthetic import generate_synthetic
+from explore.device import Placement, pick_device, set_cpu_threads
+from explore.models import SCRATCH_MODELS, build_model
+# The run machinery (runs, jobs, store, transfer, attribution, explain_report, presets) imports inside the
+# section that measures it: the fresh processes that import this module to be measured (COURSE_SCRIPT, the
+# course's own loop; memory_session, a typical session's peak memory) must load only what they use, or the
+# figures would include captum and the job manager.
+from explore.soak import free_port, run_concurrent, run_soak, run_watch_cost, stop_server
 from explore.bench_stats import fmt, spread  # noqa: F401 (re-exported: bench.spread, bench.fmt)
 from explore.bench_workers import bench_workers, format_workers
 from explore.settings import child_environment
@@ -111,8 +119,6 @@ def ratio(slow: dict, fast: dict) -> float | None:
 
 def machine_info(device: str) -> dict:
     """What BENCHMARKS.md needs to say about the hardware."""
-    from explore.device import Placement, pick_device
-
     cpu = platform.processor() or "unknown"
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -270,9 +276,6 @@ def course_training(model_name: str, bundle: DataBundle, epochs: int, device: st
 
 def course_training_here(folder: str, model_name: str, image_size: int, epochs: int, device: str,
                          workers: int, seed: int = 0) -> dict:
-    from explore.device import pick_device
-    from explore.models import build_model
-
     device_ = pick_device(device)
     torch.manual_seed(seed)
     model = build_model(model_name, image_size, 1)
@@ -346,7 +349,6 @@ def bench_precision(settings: Settings) -> dict:
 
     Each run trains two epochs and keeps the second: the first carries one-time kernel set-up.
     """
-    from explore.device import Placement
     from explore.runs import make_run
 
     size = settings.image_sizes[0]
@@ -612,8 +614,6 @@ def bench_startup(settings: Settings) -> dict:
 
 # ----------------------------------------------------------------------------- 6. data
 def bench_data(settings: Settings) -> dict:
-    from explore.data.synthetic import generate_synthetic
-
     size = 64 if settings.quick else 128
     knobs = dict(settings.knobs)
     generate_s, bundle = [], None
@@ -622,11 +622,6 @@ def bench_data(settings: Settings) -> dict:
         generate_s.append(seconds)
     result = {"synthetic": {"image_size": size, "images": sum(len(s) for s in bundle.splits.values()),
                             "seconds": spread(generate_s)}}
-    try:
-        from explore.data.folder import load_folder
-    except ImportError:
-        result["folder"] = {"available": False, "note": "not available: explore.data.folder.load_folder is missing"}
-        return result
     with tempfile.TemporaryDirectory(prefix="explore-bench-png-") as tmp:
         folder = Path(tmp) / "xrays"
         count = write_png_folder(bundle, folder, splits=("train", "val", "test"),
@@ -662,7 +657,6 @@ def bench_course30(settings: Settings) -> dict:
 
 def default_sections(device: str) -> tuple[str, ...]:
     """What `bench` runs without --only: every default section, plus the course's 30-epoch run on a GPU."""
-    from explore.device import pick_device
 
     return SECTIONS + (("course30",) if pick_device(device).type == "cuda" else ())
 
@@ -670,16 +664,12 @@ def default_sections(device: str) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- 7. memory soak
 def bench_soak(settings: Settings) -> dict:
     """Browser sessions one after another on one server (3 with --quick, else 20); see explore.soak."""
-    from explore.soak import run_soak
-
     return run_soak(sessions=3 if settings.quick else 20, epochs=2, log=log)
 
 
 def bench_watch(settings: Settings) -> dict:
     """A tab watching a run live vs no tab: with Streamlit's post-run gc.collect() on (its default)
     and off (this app's setting); see explore.soak.run_watch_cost."""
-    from explore.soak import run_watch_cost
-
     window, repeats = (4.0, 1) if settings.quick else (10.0, 2)
     results = {f"gc_{'on' if gc else 'off'}": run_watch_cost(window, repeats, post_script_gc=gc, log=log)
                for gc in (True, False)}
@@ -690,8 +680,6 @@ def bench_watch(settings: Settings) -> dict:
 
 def bench_concurrent(settings: Settings) -> dict:
     """Browser sessions AT ONCE on one demo-mode server (3 with --quick, else 10); see explore.soak.run_concurrent."""
-    from explore.soak import run_concurrent
-
     return run_concurrent(sessions=3 if settings.quick else 10, log=log)
 
 
@@ -705,7 +693,6 @@ RUNNERS: dict[str, Callable[[Settings], dict]] = {
 
 def run_benchmarks(settings: Settings, sections=SECTIONS, command: str = "") -> dict:
     """Every chosen section; a section that raises is reported with its error, the rest still run."""
-    from explore.device import set_cpu_threads
 
     set_cpu_threads()  # one thread per core, as every training run uses
     report = {"command": command, "settings": {k: v for k, v in vars(settings).items()}, "machine": machine_info(settings.device),
@@ -927,9 +914,6 @@ def cli_main(argv: list[str] | None = None) -> int:
         print(f"error: unknown section(s) {unknown}; choose from {', '.join(SECTIONS + EXTRA_SECTIONS)}",
               file=sys.stderr)
         return 2
-    from explore.data import IMAGE_SIZES
-    from explore.models import SCRATCH_MODELS
-
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
     sizes = tuple(int(x) for x in args.sizes.split(",")) if args.sizes else None
     if models and any(m not in SCRATCH_MODELS for m in models):

@@ -22,6 +22,8 @@ import time
 from explore.config import RunConfig
 from explore.bench_stats import fmt, spread
 from explore.data import DataSpec, load_bundle
+from explore.jobs import JobManager
+from explore.store import RunStore
 
 GOAL_EXTRA_SECONDS = 2.0
 WARM_UP_SPEC = DataSpec(image_size=64, synthetic=(("n_train", 64), ("n_val", 32), ("n_test", 32)))
@@ -59,9 +61,6 @@ def peak_rss_mb(pid: int) -> float | None:
 
 
 def bench_workers(settings) -> dict:
-    from explore.jobs import JobManager
-    from explore.store import RunStore
-
     spec = DataSpec(image_size=64 if settings.quick else 128, synthetic=settings.knobs)
     config = RunConfig(data=spec, model="hw3_cnn", epochs=1, device=settings.device, name="bench")
     warm_up = config.replace(data=WARM_UP_SPEC, name="warm-up")

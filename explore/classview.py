@@ -21,6 +21,7 @@ import pandas as pd
 
 from explore.presets import PRESETS
 from explore.store import RunRecord, RunStore
+from explore.soak import tree_rss_mb
 
 RUN_COLUMNS = ["session", "run_id", "name", "model", "preset", "image_size", "epochs", "val_acc", "test_acc",
                "drop", "finished"]
@@ -159,6 +160,4 @@ def worker_rows(overview: dict, root: str | Path, labels: dict[str, str] | None 
 
 def server_memory_mb(pid: int | None = None) -> dict:
     """Resident memory of the server process and its children (worker processes), in MB."""
-    from explore.soak import tree_rss_mb
-
     return tree_rss_mb(pid if pid is not None else os.getpid())

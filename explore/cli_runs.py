@@ -19,10 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from explore import charts, compare
+from explore import charts, compare, report
 from explore.config import RunConfig
 from explore.data import DataError
 from explore.models import MODELS
+from explore.share import export_run_bundle, import_run_bundle
 from explore.store import RunStore, StoreError
 from explore.train_cli import add_output_options, add_run_options, apply_args, honest_weights, train_all
 
@@ -159,7 +160,8 @@ def compare_main(argv: list[str]) -> int:
 def runs_to_compare(store: RunStore, run_ids: list[str], group: str | None) -> list:
     ids = list(run_ids)
     if group:
-        ids += [r.run_id for r in compare.group_records(store, group) if r.run_id not in ids]
+        newest_first = reversed(store.group_runs(group, with_metrics=False))
+        ids += [r.run_id for r in newest_first if r.run_id not in ids]
     if not ids:
         raise ValueError("name the runs to compare (RUN_ID ...) or a --group")
     records = [store.load(run_id) for run_id in ids]
@@ -171,7 +173,6 @@ def runs_to_compare(store: RunStore, run_ids: list[str], group: str | None) -> l
 
 def write_comparison(records: list, table, out: Path, fmt: str) -> list[str]:
     """comparison.csv, curves.csv, and one chart per metric (accuracy, loss, learning rate)."""
-    from explore import report
 
     out.mkdir(parents=True, exist_ok=True)
     curve_rows = compare.curves(records)
@@ -190,7 +191,6 @@ def write_comparison(records: list, table, out: Path, fmt: str) -> list[str]:
 
 # ----- export / import ----------------------------------------------------------------------
 def export_main(argv: list[str]) -> int:
-    from explore.share import export_run_bundle
 
     p = argparse.ArgumentParser(prog="python -m explore export",
                                 description="Write a run bundle: config, curves, summary, weights and predictions.")
@@ -212,7 +212,6 @@ def export_main(argv: list[str]) -> int:
 
 
 def import_main(argv: list[str]) -> int:
-    from explore.share import import_run_bundle
 
     p = argparse.ArgumentParser(prog="python -m explore import",
                                 description="Open a run bundle (from export or the Train page) into the runs folder.")

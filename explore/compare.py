@@ -95,8 +95,8 @@ def newest_group_runs(runs: pd.DataFrame, limit: int = 6) -> list[str]:
 
 
 def group_records(store: RunStore, group: str) -> list[RunRecord]:
-    """Every run of one group (a preset's, a sweep's, a repeat's), with its metrics, read fresh from the store."""
-    return [store.load(r.run_id) for r in store.list() if r.config is not None and r.config.group == group]
+    """Every run of one group (a preset's, a sweep's, a repeat's), with its metrics, newest first."""
+    return list(reversed(store.group_runs(group)))
 
 
 def finished_count(table: pd.DataFrame) -> int:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from explore import multilabel
 from explore.data import DataSpec
-from explore.models import MODELS
+from explore.models import MODELS, family_of
 
 LOSSES = ("bce", "ce")
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
@@ -112,14 +112,14 @@ class RunConfig:
             raise ValueError(f"roar_fraction must be between 0 and 1 (the share of pixels removed); "
                              f"got {self.roar_fraction}")
         # (which roar_method names exist is checked by explore.roar when the run is made)
-        if MODELS[self.model].family == "transfer" and self.transfer_mode == "none":
-            object.__setattr__(self, "transfer_mode", "finetune")
-        if MODELS[self.model].family == "transfer" and self.input_norm == "dataset":
-            # Pretrained backbones apply their own ImageNet mean/std to 0..1 input; standardising
-            # by the X-ray set's statistics first would normalise twice.
-            object.__setattr__(self, "input_norm", "none")
-        if MODELS[self.model].family != "transfer" and self.transfer_mode != "none":
-            raise ValueError(f"transfer mode {self.transfer_mode!r} needs a pretrained backbone, not {self.model!r}")
+        family_of(self.model).check_config(self)
+
+    def resolve(self) -> "RunConfig":
+        """This config with the defaults that depend on the model filled in (the model's family decides:
+        a pretrained backbone fine-tunes and takes 0..1 input unless told otherwise). Idempotent; called
+        where runs are made (RunStore.create, TrainingRun), so stored configs say what actually trained."""
+        changes = family_of(self.model).config_defaults(self)
+        return replace(self, **changes) if changes else self
 
     @property
     def num_outputs(self) -> int:

@@ -48,43 +48,58 @@ def execute_run(store: RunStore, run_id: str, should_stop: Callable[[], bool] = 
                 store.replace_config(run_id, config)
         store.set_status(run_id, message="training", setup_seconds=run.setup_seconds, weights=run.weights_name,
                          device=run.placement.describe(), device_index=run.placement.device.index)
-        last_write = 0.0
-        for item in run.fit(should_stop):
-            if item["kind"] == "epoch":
-                store.append_metrics(run_id, item)
-                store.set_status(run_id, epoch=item["epoch"], batch=0, epochs=config.epochs)
-                last_write = time.monotonic()
-            elif item["kind"] == "progress" and time.monotonic() - last_write > STATUS_WRITE_INTERVAL_S:
-                store.set_status(run_id, epoch=item["epoch"] - 1, batch=item["batch"], batches=item["batches"],
-                                 epochs=config.epochs)
-                last_write = time.monotonic()
-            if item["kind"] != "end":
-                yield item
-        predictions = run.predictions() if run.data else None
-        summary = run.summary(predictions)
-        summary["run_id"] = run_id
-        summary["code_version"] = code_version()  # what a student hands in says which code produced it
-        summary["device_index"] = run.placement.device.index  # which GPU of the server (None: the CPU)
-        store.save_results(run_id, summary, run.model.state_dict() if run.status != "failed" else None,
-                           predictions)
-        store.set_status(run_id, status=run.status, message=run.message, finished=time.time())
-        yield {"kind": "end", "status": run.status, "message": run.message, "run_id": run_id, "summary": summary}
+        yield from _train_recording(store, run_id, run, should_stop)
+        yield _save_results(store, run_id, run)
     except Exception as error:  # a bad config or data must end this run, not the worker or the page
-        message = f"{type(error).__name__}: {error}"
-        summary = {"status": "failed", "message": message, "run_id": run_id,
-                   "traceback": traceback.format_exc(limit=6)}
-        if run is not None:
-            summary["epochs_completed"] = len(run.history)
-        try:
-            store.save_results(run_id, summary, None, None)
-            store.set_status(run_id, status="failed", message=message, finished=time.time())
-        except OSError:
-            pass
-        yield {"kind": "end", "status": "failed", "message": message, "run_id": run_id, "summary": summary}
+        yield _save_failure(store, run_id, run, error)
     finally:
         del run
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _train_recording(store: RunStore, run_id: str, run, should_stop) -> Iterator[dict]:
+    """Drive the run's training, appending each epoch to metrics.jsonl and the progress to status.json
+    (at most every STATUS_WRITE_INTERVAL_S); yields every record but the final 'end'."""
+    epochs = run.config.epochs
+    last_write = 0.0
+    for item in run.fit(should_stop):
+        if item["kind"] == "epoch":
+            store.append_metrics(run_id, item)
+            store.set_status(run_id, epoch=item["epoch"], batch=0, epochs=epochs)
+            last_write = time.monotonic()
+        elif item["kind"] == "progress" and time.monotonic() - last_write > STATUS_WRITE_INTERVAL_S:
+            store.set_status(run_id, epoch=item["epoch"] - 1, batch=item["batch"], batches=item["batches"],
+                             epochs=epochs)
+            last_write = time.monotonic()
+        if item["kind"] != "end":
+            yield item
+
+
+def _save_results(store: RunStore, run_id: str, run) -> dict:
+    """summary.json, weights.pt and predictions.pt of a run that ended; returns its 'end' record."""
+    predictions = run.predictions() if run.data else None
+    summary = run.summary(predictions)
+    summary["run_id"] = run_id
+    summary["code_version"] = code_version()  # what a student hands in says which code produced it
+    summary["device_index"] = run.placement.device.index  # which GPU of the server (None: the CPU)
+    store.save_results(run_id, summary, run.model.state_dict() if run.status != "failed" else None, predictions)
+    store.set_status(run_id, status=run.status, message=run.message, finished=time.time())
+    return {"kind": "end", "status": run.status, "message": run.message, "run_id": run_id, "summary": summary}
+
+
+def _save_failure(store: RunStore, run_id: str, run, error: Exception) -> dict:
+    """A run that raised ends as 'failed' with the error and the epochs it completed; returns its 'end' record."""
+    message = f"{type(error).__name__}: {error}"
+    summary = {"status": "failed", "message": message, "run_id": run_id, "traceback": traceback.format_exc(limit=6)}
+    if run is not None:
+        summary["epochs_completed"] = len(run.history)
+    try:
+        store.save_results(run_id, summary, None, None)
+        store.set_status(run_id, status="failed", message=message, finished=time.time())
+    except OSError:
+        pass
+    return {"kind": "end", "status": "failed", "message": message, "run_id": run_id, "summary": summary}
 
 
 def record_worker_death(store: RunStore, run_id: str, message: str, details: dict | None = None) -> None:

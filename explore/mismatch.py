@@ -31,12 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explore.attribution import LoadedRun, forward_order, load_run_dir, predict
+from explore.finished_run import FinishedRun, load_run_dir, predict
 from explore.config import RunConfig
 from explore.data import DataError, Split
-from explore.metrics import auc, binary_report, positive_score
+from explore.metrics import auc, binary_report, positive_score, roc_curve
+from explore.models import forward_order
 from explore.report import roc_frame
 from explore.store import RunStore, StoreError
+from explore.train import split_train_dev
 
 SPLIT_TITLES = {
     "train": "train (site A, seen in training)",
@@ -104,22 +106,7 @@ def roc_points(predictions: dict):
 
 
 # ----------------------------------------------------------------------------- error decomposition
-def split_train_dev(train: Split, fraction: float, seed: int, num_classes: int) -> tuple[Split, Split | None]:
-    """The run's own train / train-dev split (the same stratified, seeded draw as TrainingRun)."""
-    if fraction <= 0:
-        return train, None
-    g = torch.Generator().manual_seed(seed + 1)
-    keep, hold = [], []
-    for cls in range(num_classes):
-        idx = torch.nonzero(train.labels == cls).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n_hold = int(round(len(idx) * fraction))
-        hold.append(idx[:n_hold])
-        keep.append(idx[n_hold:])
-    return train.subset(torch.cat(keep).sort().values), train.subset(torch.cat(hold).sort().values)
-
-
-def measure_train_error(loaded: LoadedRun, threshold: float = 0.5, max_images: int = 2000,
+def measure_train_error(loaded: FinishedRun, threshold: float = 0.5, max_images: int = 2000,
                         device: torch.device | str | None = None) -> dict:
     """Train error re-evaluated in eval mode (no dropout, no augmentation, final weights).
 
@@ -191,7 +178,7 @@ def error_decomposition(train_error: float, val_error: float, test_error: float,
             "largest": largest["name"] if largest and largest["value"] > 0 else None, "notes": notes}
 
 
-def decompose_run(loaded: LoadedRun, threshold: float = 0.5, human_error: float = 0.0,
+def decompose_run(loaded: FinishedRun, threshold: float = 0.5, human_error: float = 0.0,
                   device: torch.device | str | None = None) -> dict:
     """The decomposition for a stored run (train error re-evaluated; the rest from predictions.pt)."""
     errors = {}
@@ -294,7 +281,7 @@ def source_verdict(value: float | None) -> str:
     return "the sources are hard to tell apart from the image alone"
 
 
-def run_source_classifier(loaded: LoadedRun, seed: int = 0, device: torch.device | str | None = None) -> dict:
+def run_source_classifier(loaded: FinishedRun, seed: int = 0, device: torch.device | str | None = None) -> dict:
     """Val (site A) vs test (site B) of a run's dataset, with a note when the class mix differs."""
     val, test = loaded.bundle.val, loaded.bundle.test
     if len(test) == 0:
@@ -346,7 +333,7 @@ def pca_2d(features: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
     return coords.float(), explained + [0.0] * (2 - len(explained))
 
 
-def feature_pca(loaded: LoadedRun, max_per_split: int = 300, device: torch.device | str | None = None) -> dict:
+def feature_pca(loaded: FinishedRun, max_per_split: int = 300, device: torch.device | str | None = None) -> dict:
     """Val and test images in the model's penultimate feature space, as rows for a scatter plot."""
     splits = {"val": loaded.bundle.val, "test": loaded.bundle.test}
     features, rows = [], []
@@ -443,9 +430,7 @@ def fix_table(store: RunStore, base_run_id: str) -> list[dict]:
         raise StoreError(f"run {base_run_id} cannot be read: {base.damaged}")
     group = fix_group(base_run_id)
     rows = [_fix_row(base, "as trained (baseline)", "")]
-    for record in sorted(store.list(), key=lambda r: r.created):
-        if record.config is None or record.config.group != group:
-            continue
+    for record in store.group_runs(group, with_metrics=False):
         changes = base.config.differences(record.config)
         changed = ", ".join(f"{k}: {a} → {b}" for k, (a, b) in changes.items() if k not in ("name", "group", "epochs"))
         title = record.config.name.rsplit(" · ", 1)[-1]
@@ -462,7 +447,7 @@ def _fix_row(record, title: str, changed: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- everything, for the CLI
-def mismatch_report(loaded: LoadedRun, threshold: float = 0.5, human_error: float = 0.0,
+def mismatch_report(loaded: FinishedRun, threshold: float = 0.5, human_error: float = 0.0,
                     with_source_classifier: bool = True, device: torch.device | str | None = None) -> dict:
     report = {"run_id": loaded.run_id, "model": loaded.config.model, "threshold": threshold,
               "internal_external": internal_external(loaded.predictions, threshold),

@@ -11,12 +11,16 @@ Inputs are N×1×H×W float tensors (grey X-rays). Outputs are N×num_outputs lo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
+from explore import transfer_setup
 from explore.backbones import build_transfer_model
+
+if TYPE_CHECKING:  # annotations only: RunConfig sits above the registry (it validates model names)
+    from explore.config import RunConfig
 
 
 def conv_block(in_ch: int, out_ch: int, batch_norm: bool = False) -> list[nn.Module]:
@@ -155,15 +159,115 @@ def hw3_gap_wide(in_size: int, num_outputs: int) -> nn.Sequential:
     return _gap_net(num_outputs, 128, [nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, num_outputs)])
 
 
+# ----- families: what the run machinery asks a model's family ----------------------------------
+@dataclass(frozen=True)
+class Family:
+    """The behaviour shared by every model of one family: models trained from scratch (mlp, cnn, cnn_gap).
+
+    The training loop, the run store, the config and the job code ask the model's family (`family_of`)
+    how to build a model for a run, which parameters train, what to do before an epoch, how to rebuild a
+    stored run and which kind of run trains it; none of them tests the family's name.
+    """
+
+    name: str
+    # True when its models start from downloaded weights (ImageNet, chest X-rays): runs then have
+    # transfer settings, and whether the weights can be had is checked before queueing.
+    pretrained_weights: bool = False
+
+    def config_defaults(self, config: "RunConfig") -> dict:
+        """Settings whose default depends on the model, as changes for `config.resolve`. None here."""
+        return {}
+
+    def check_config(self, config: "RunConfig") -> None:
+        """Raise ValueError for settings this family cannot train with."""
+        if config.transfer_mode != "none":
+            raise ValueError(f"transfer mode {config.transfer_mode!r} needs a pretrained backbone, not {config.model!r}")
+
+    def offline_options(self) -> dict:
+        """Build options that never download anything (for profiles, tables and timing)."""
+        return {}
+
+    def build_for_run(self, config: "RunConfig", num_classes: int, image_size: int,
+                      load_pretrained: bool = True) -> tuple[nn.Module, str | None]:
+        """(model for this run, name of the pretrained weights it starts from or None)."""
+        return build_model(config.model, image_size, config.num_outputs, **config.options()), None
+
+    def restore(self, config: "RunConfig", image_size: int) -> nn.Module:
+        """The architecture of a stored run, to load its weights.pt into (nothing downloaded)."""
+        return self.build_for_run(config, config.data.num_classes, image_size, load_pretrained=False)[0]
+
+    def param_groups(self, model: nn.Module, config: "RunConfig") -> list[dict]:
+        """Optimizer groups; the loop reports the last group's learning rate."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def before_epoch(self, model: nn.Module, config: "RunConfig", epoch: int) -> None:
+        """Called after model.train() at the start of every epoch."""
+
+    def run_kind(self, config: "RunConfig") -> str:
+        """Which run class trains this config (a key of explore.runs.RUN_CLASSES)."""
+        return "training"
+
+
+@dataclass(frozen=True)
+class PretrainedFamily(Family):
+    """Pretrained backbones with a new head (transfer learning; explore.backbones, explore.transfer_setup)."""
+
+    pretrained_weights: bool = True
+
+    def config_defaults(self, config: "RunConfig") -> dict:
+        changes = {}
+        if config.transfer_mode == "none":
+            changes["transfer_mode"] = "finetune"
+        if config.input_norm == "dataset":
+            # Pretrained backbones apply their own ImageNet mean/std to 0..1 input; standardising
+            # by the X-ray set's statistics first would normalise twice.
+            changes["input_norm"] = "none"
+        return changes
+
+    def check_config(self, config: "RunConfig") -> None:
+        pass  # every transfer mode applies; "none" becomes "finetune" when the config is resolved
+
+    def offline_options(self) -> dict:
+        return {"pretrained": False}
+
+    def build_for_run(self, config, num_classes, image_size, load_pretrained=True):
+        return transfer_setup.build_for_run(config, num_classes, load_pretrained)
+
+    def param_groups(self, model, config):
+        return transfer_setup.param_groups(model, config)
+
+    def before_epoch(self, model, config, epoch):
+        transfer_setup.before_epoch(model, config, epoch)
+
+    def run_kind(self, config):
+        # A frozen backbone never changes: its features are computed once and only the head trains.
+        return "frozen_features" if config.transfer_mode == "frozen" else "training"
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (Family("mlp"), Family("cnn"), Family("cnn_gap"),
+                                                   PretrainedFamily("transfer"))}
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """A registered model: how to build it and what the UI should say about it."""
 
     name: str
     build: Callable[..., nn.Module]
-    family: str  # "mlp" | "cnn" | "cnn_gap" | "transfer"
+    family: str  # a key of FAMILIES: "mlp" | "cnn" | "cnn_gap" | "transfer"
     description: str
     options: tuple[str, ...] = field(default=())  # keyword options the builder accepts
+
+    @property
+    def behaviour(self) -> Family:
+        return FAMILIES[self.family]
+
+
+def family_of(name: str) -> Family:
+    """The family of a registered model: what the loop, the store and the config ask."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    return MODELS[name].behaviour
 
 
 def _transfer_builder(backbone: str) -> Callable[..., nn.Module]:
@@ -201,8 +305,8 @@ MODELS: dict[str, ModelInfo] = {
     ]
 }
 
-SCRATCH_MODELS = tuple(name for name, info in MODELS.items() if info.family != "transfer")
-TRANSFER_MODELS = tuple(name for name, info in MODELS.items() if info.family == "transfer")
+SCRATCH_MODELS = tuple(name for name, info in MODELS.items() if not info.behaviour.pretrained_weights)
+TRANSFER_MODELS = tuple(name for name, info in MODELS.items() if info.behaviour.pretrained_weights)
 
 
 def build_model(name: str, in_size: int, num_outputs: int, **options) -> nn.Module:
@@ -210,7 +314,7 @@ def build_model(name: str, in_size: int, num_outputs: int, **options) -> nn.Modu
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     info = MODELS[name]
-    if info.family != "transfer":
+    if not info.behaviour.pretrained_weights:  # backbones take their own keywords (head, pretrained)
         unknown = set(options) - set(info.options)
         if unknown:
             raise ValueError(f"model {name!r} does not take option(s) {sorted(unknown)}; it takes {list(info.options)}")
@@ -222,3 +326,30 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
+
+
+def forward_order(model: nn.Module, example: torch.Tensor, kinds=(nn.Conv2d, nn.Linear)) -> list[tuple[str, nn.Module]]:
+    """Modules of the given kinds in the order the forward pass calls them (not the order they were defined).
+
+    Registration order can lie (GoogLeNet defines its auxiliary heads after the last block),
+    so one forward pass with hooks records what really runs.
+    """
+    calls: list[tuple[str, nn.Module]] = []
+    seen: set[int] = set()
+
+    def record(name):
+        def hook(module, inputs, output):
+            if id(module) not in seen:
+                seen.add(id(module))
+                calls.append((name, module))
+        return hook
+
+    handles = [m.register_forward_hook(record(name)) for name, m in model.named_modules()
+               if isinstance(m, kinds) or (kinds == () and any(True for _ in m.parameters(recurse=False)))]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls

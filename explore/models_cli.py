@@ -4,23 +4,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from explore.models import MODELS, build_model, count_parameters
+from explore.analysis import model_profile
+from explore.models import MODELS, build_model, count_parameters, family_of
 
 
 def describe(name: str, size: int, num_outputs: int = 1, with_layers: bool = True) -> dict:
     info = MODELS[name]
     row = {"name": name, "family": info.family, "description": info.description}
     try:
-        model = build_model(name, size, num_outputs, **({"pretrained": False} if info.family == "transfer" else {}))
+        model = build_model(name, size, num_outputs, **family_of(name).offline_options())
     except Exception as error:  # e.g. a transfer backbone that cannot be built here
         row["error"] = str(error)
         return row
     total, trainable = count_parameters(model)
     row |= {"params_total": total, "params_trainable": trainable}
-    try:
-        from explore.analysis import model_profile
-    except ImportError:
-        return row
     profile = model_profile(model, size)
     row["macs"] = profile["macs"]
     if with_layers:

@@ -10,16 +10,20 @@ from explore.config import RunConfig
 from explore import train
 from explore.data import DataBundle
 from explore.device import Placement
+from explore.models import family_of
 from explore.roar import removed_bundle
 from explore.train import TrainingRun
 from explore.transfer import FrozenFeatureRun
 
+# The run classes a model family can ask for (explore.models.Family.run_kind).
+RUN_CLASSES: dict[str, type[TrainingRun]] = {"training": TrainingRun, "frozen_features": FrozenFeatureRun}
+
 
 def make_run(config: RunConfig, bundle: DataBundle | None = None, placement: Placement | None = None) -> TrainingRun:
-    """The right kind of run for a config: frozen transfer runs train a head on cached features; a
-    remove-and-retrain run trains on images whose top-attributed pixels are gone (explore.roar)."""
+    """The right kind of run for a config, as its model's family says (frozen transfer runs train a head on
+    cached features); a remove-and-retrain run trains on images whose top-attributed pixels are gone
+    (explore.roar)."""
+    config = config.resolve()
     if config.roar_from_run:
         bundle = removed_bundle(config, bundle if bundle is not None else train.load_bundle(config.data))
-    if config.transfer_mode == "frozen":
-        return FrozenFeatureRun(config, bundle, placement)
-    return TrainingRun(config, bundle, placement)
+    return RUN_CLASSES[family_of(config.model).run_kind(config)](config, bundle, placement)

@@ -136,8 +136,8 @@ def load_settings(env: Mapping[str, str] | None = None, secrets: Mapping | None 
 
 def check_source_allowed(settings: AppSettings, source: str | None) -> None:
     """In demo mode a folder or npz must lie inside the data root (symlinks and '..' resolved first)."""
-    if not settings.demo_mode or not source or source == "synthetic":
-        return
+    if not settings.demo_mode or not source or source == "synthetic" or source.startswith("memory:"):
+        return  # (memory:NAME is a bundle this process already holds: nothing is read from the server's disk)
     kind, _, arg = source.partition(":")
     if settings.data_root is None:
         raise NotAllowed(f"demo mode: reading {kind} paths from the server is turned off; "

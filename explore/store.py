@@ -29,8 +29,7 @@ import torch
 
 from explore.config import RunConfig
 from explore.files import write_atomic  # noqa: F401 (re-exported: explore.store.write_atomic)
-from explore.models import MODELS, build_model
-from explore.transfer_setup import build_for_run
+from explore.models import family_of
 from explore.settings import runs_dir
 
 FINAL_STATUSES = ("finished", "diverged", "stopped", "failed")
@@ -125,8 +124,10 @@ class RunStore:
 
     # ----- writing ---------------------------------------------------------------------
     def create(self, config: RunConfig) -> str:
-        """Make a new run folder with its config and a 'queued' status; returns the run id."""
+        """Make a new run folder with its config (model-dependent defaults resolved, so config.json says
+        what will train) and a 'queued' status; returns the run id."""
         self.ensure_writable()
+        config = config.resolve()
         digest = hashlib.sha1(f"{config.to_json()}{time.time_ns()}{os.getpid()}".encode()).hexdigest()[:6]
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(config.name or config.model)}-{digest}"
         path = self.root / run_id
@@ -202,6 +203,11 @@ class RunStore:
     def list(self, with_metrics: bool = False) -> list[RunRecord]:
         return [self.load(run_id, with_metrics) for run_id in self.run_ids()]
 
+    def group_runs(self, group: str, with_metrics: bool = True) -> list[RunRecord]:
+        """The readable runs of one group (a sweep, a repeat, a 'Run both', a set of fixes), oldest first."""
+        records = [r for r in self.list(with_metrics) if r.config is not None and r.config.group == group]
+        return sorted(records, key=lambda r: r.created)
+
     def load_weights(self, run_id: str) -> dict:
         path = self.path(run_id) / "weights.pt"
         if not path.exists():
@@ -223,11 +229,8 @@ class RunStore:
         if record.damaged or record.config is None:
             raise StoreError(f"run {run_id} is damaged: {record.damaged}")
         config = record.config
-        if MODELS[config.model].family == "transfer":
-            model, _ = build_for_run(config, config.data.num_classes, load_pretrained=False)
-        else:
-            size = (record.summary or {}).get("image_size") or config.data.image_size  # the size it trained at
-            model = build_model(config.model, size, config.num_outputs, **config.options())
+        size = (record.summary or {}).get("image_size") or config.data.image_size  # the size it trained at
+        model = family_of(config.model).restore(config, size)
         try:
             model.load_state_dict(self.load_weights(run_id))
         except RuntimeError as error:

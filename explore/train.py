@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from explore import augment as augmentations
-from explore import multilabel, transfer_setup
+from explore import multilabel
 from explore.config import RunConfig
-from explore.data import DataBundle, load_bundle
+from explore.data import DataBundle, Split, load_bundle
 from explore.device import Placement, reuse_freed_memory, set_cpu_threads, tune_cuda
 from explore.metrics import binary_report
-from explore.models import MODELS, build_model, count_parameters
+from explore.models import count_parameters, family_of
 
 EVAL_BATCH_SIZE = 256
 # On a CPU evaluation is no faster above 64 images per batch (measured, BENCHMARKS.md), while one
@@ -79,6 +79,18 @@ class InputPipeline:
         return {"norm": self.norm, "mean": self.mean, "std": self.std}
 
 
+def pipeline_for_run(config: RunConfig, summary: dict | None = None, bundle: DataBundle | None = None) -> InputPipeline:
+    """A finished run's own InputPipeline: the statistics stored in its summary.json, else recomputed from
+    the training images (the config's data, or `bundle`). Attribution, analysis and ROAR all rebuild it here."""
+    stats = (summary or {}).get("input_pipeline") or {}
+    if "mean" in stats and "std" in stats:
+        pipeline = InputPipeline(config, torch.zeros(0, 1, 1, 1, dtype=torch.uint8))
+        pipeline.mean, pipeline.std = float(stats["mean"]), float(stats["std"])
+        return pipeline
+    bundle = bundle if bundle is not None else load_bundle(config.data)
+    return InputPipeline(config, bundle.train.images)
+
+
 def permuted_labels(labels: torch.Tensor, seed: int) -> torch.Tensor:
     """The data-randomisation test's training labels: the same labels in a seeded random order.
 
@@ -87,6 +99,24 @@ def permuted_labels(labels: torch.Tensor, seed: int) -> torch.Tensor:
     """
     g = torch.Generator().manual_seed(seed + 7)
     return labels[torch.randperm(len(labels), generator=g)]
+
+
+def split_train_dev(train: Split, fraction: float, seed: int, num_classes: int) -> tuple[Split, Split | None]:
+    """(train, train-dev): `fraction` of each class held out, seeded, for the mismatch analysis.
+
+    The one split: the loop trains on the first part, explore.mismatch re-measures train error on it.
+    """
+    if fraction <= 0:
+        return train, None
+    g = torch.Generator().manual_seed(seed + 1)
+    keep, hold = [], []
+    for cls in range(num_classes):
+        idx = torch.nonzero(train.labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_hold = int(round(len(idx) * fraction))
+        hold.append(idx[:n_hold])
+        keep.append(idx[n_hold:])
+    return train.subset(torch.cat(keep).sort().values), train.subset(torch.cat(hold).sort().values)
 
 
 def make_loss(config: RunConfig, train_labels: torch.Tensor, num_classes: int, device: torch.device):
@@ -151,6 +181,27 @@ def make_scheduler(config: RunConfig, optimizer, epochs: int, batches_per_epoch:
     return None, False
 
 
+def eval_batch_size(device: torch.device) -> int:
+    """Images per evaluation batch on this device (why CPUs take fewer: see CPU_EVAL_BATCH_SIZE)."""
+    return EVAL_BATCH_SIZE if device.type == "cuda" else CPU_EVAL_BATCH_SIZE
+
+
+@torch.no_grad()
+def eval_batches(model: nn.Module, n: int, batch_size: int, step: Callable[[slice], object]) -> list:
+    """The one evaluation loop: `step(batch)` for each slice of n items, model in eval mode (dropout off,
+    BatchNorm on its stored statistics), no gradients; the model's mode is restored afterwards.
+
+    Evaluation during training, the frozen backbone's feature pass (explore.transfer) and a finished run's
+    predictions (explore.attribution.predict) all run through it; each says what one batch does.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        return [step(slice(start, start + batch_size)) for start in range(0, n, batch_size)]
+    finally:
+        model.train(was_training)
+
+
 def _uses_channels_last(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
@@ -164,7 +215,8 @@ class TrainingRun:
     """
 
     def __init__(self, config: RunConfig, bundle: DataBundle | None = None, placement: Placement | None = None):
-        self.config = config
+        self.config = config = config.resolve()
+        self.family = family_of(config.model)  # how this model builds, which parameters train, the epoch hook
         self.bundle = bundle if bundle is not None else load_bundle(config.data)
         self.placement = placement or Placement.choose(config.device, config.precision)
         if self.placement.device.type == "cpu":
@@ -193,35 +245,18 @@ class TrainingRun:
 
     # ----- setup -----------------------------------------------------------------------
     def _build_model(self) -> nn.Module:
-        config, bundle = self.config, self.bundle
-        if MODELS[config.model].family == "transfer":
-            model, self.weights_name = transfer_setup.build_for_run(config, bundle.num_classes)
-        else:
-            model = build_model(config.model, bundle.image_size, config.num_outputs, **config.options())
+        model, self.weights_name = self.family.build_for_run(self.config, self.bundle.num_classes,
+                                                             self.bundle.image_size)
         model = model.to(self.placement.device)
         if _uses_channels_last(model):
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def _train_dev_split(self):
-        """Hold out `train_dev_fraction` of train (stratified by seed) as 'train-dev'."""
-        train = self.bundle.train
-        if self.config.train_dev_fraction <= 0:
-            return train, None
-        g = torch.Generator().manual_seed(self.config.seed + 1)
-        keep, hold = [], []
-        for cls in range(self.bundle.num_classes):
-            idx = torch.nonzero(train.labels == cls).flatten()
-            idx = idx[torch.randperm(len(idx), generator=g)]
-            n_hold = int(round(len(idx) * self.config.train_dev_fraction))
-            hold.append(idx[:n_hold])
-            keep.append(idx[n_hold:])
-        return train.subset(torch.cat(keep).sort().values), train.subset(torch.cat(hold).sort().values)
-
     def _place_data(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Every split as (uint8 images, labels) on the device, decoded and moved once."""
         device = self.placement.device
-        train, train_dev = self._train_dev_split()
+        train, train_dev = split_train_dev(self.bundle.train, self.config.train_dev_fraction, self.config.seed,
+                                           self.bundle.num_classes)
         splits = {"train": train, "val": self.bundle.val}
         if train_dev is not None:
             splits["train_dev"] = train_dev
@@ -244,9 +279,7 @@ class TrainingRun:
         return placed
 
     def param_groups(self):
-        if MODELS[self.config.model].family == "transfer":
-            return transfer_setup.param_groups(self.model, self.config)
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        return self.family.param_groups(self.model, self.config)
 
     # ----- the loop --------------------------------------------------------------------
     def forward(self, images: torch.Tensor, train: bool, generator=None) -> torch.Tensor:
@@ -256,25 +289,24 @@ class TrainingRun:
         with self.placement.autocast():
             return self.model(x)
 
-    @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, torch.Tensor]:
-        """Summed loss, correct count and probabilities on one split, left on the device."""
+        """Summed loss, correct count and probabilities on one split, left on the device (torchvision's
+        `evaluate`; the epoch record reads every split's sums in one host sync)."""
         images, labels = self.data[split]
-        was_training = self.model.training
-        self.model.eval()
+
+        def step(batch: slice):
+            logits = self.forward(images[batch], train=False)
+            probs = multilabel.probabilities(logits) if self.tasks else probabilities(logits)
+            return self.loss_fn(logits, labels[batch]), count_correct(logits, labels[batch]), probs
+
+        outputs = eval_batches(self.model, len(images), eval_batch_size(images.device), step)
         loss_sum = torch.zeros((), device=images.device)
         correct = torch.zeros((), device=images.device, dtype=torch.long)
-        probs = []
-        step = EVAL_BATCH_SIZE if images.device.type == "cuda" else CPU_EVAL_BATCH_SIZE
-        for start in range(0, len(images), step):
-            logits = self.forward(images[start:start + step], train=False)
-            y = labels[start:start + step]
-            loss_sum += self.loss_fn(logits, y)
-            correct += count_correct(logits, y)
-            probs.append(multilabel.probabilities(logits) if self.tasks else probabilities(logits))
-        self.model.train(was_training)
+        for loss, right, _ in outputs:
+            loss_sum += loss
+            correct += right
         return {"loss_sum": loss_sum, "correct": correct, "n": len(images),
-                "probs": torch.cat(probs) if probs else torch.zeros(0)}
+                "probs": torch.cat([probs for _, _, probs in outputs]) if outputs else torch.zeros(0)}
 
     def fit(self, should_stop: Callable[[], bool] = lambda: False) -> Iterator[dict]:
         try:
@@ -282,13 +314,13 @@ class TrainingRun:
         except (torch.OutOfMemoryError, MemoryError) as error:
             self._end("failed", f"out of memory ({type(error).__name__}): try a smaller batch size or image size")
             self._release_memory()
-            yield {"kind": "end", "status": self.status, "message": self.message}
+            yield self._end_record()
         except RuntimeError as error:
             if "out of memory" not in str(error) and "can't allocate memory" not in str(error):
                 raise
             self._end("failed", "out of memory: try a smaller batch size or image size")
             self._release_memory()
-            yield {"kind": "end", "status": self.status, "message": self.message}
+            yield self._end_record()
 
     def _release_memory(self):
         self.data = {}
@@ -298,99 +330,123 @@ class TrainingRun:
     def _end(self, status: str, message: str = ""):
         self.status, self.message = status, message
 
-    def _fit(self, should_stop) -> Iterator[dict]:
-        config, device = self.config, self.placement.device
-        images, labels = self.data["train"]
-        n = len(images)
-        batches = math.ceil(n / config.batch_size)
-        optimizer = make_optimizer(config, self.param_groups())
-        scaler = self.scaler
-        scheduler, per_batch = make_scheduler(config, optimizer, config.epochs, batches)
-        shuffle = torch.Generator().manual_seed(config.seed)
-        aug_generator = torch.Generator(device=device).manual_seed(config.seed + 7)
-        last_good = copy.deepcopy(self.model.state_dict())
-        best_state = None
-        epochs_without_improvement = 0
-        self.status = "running"
-        progress_every = max(1, batches // PROGRESS_UPDATES_PER_EPOCH)
+    def _end_record(self) -> dict:
+        return {"kind": "end", "status": self.status, "message": self.message}
 
+    def _diverged(self, message: str) -> dict:
+        """Back to the last good weights (the previous epoch's), and the 'end' record that says so."""
+        self.model.load_state_dict(self._last_good)
+        self._end("diverged", message)
+        return self._end_record()
+
+    def _fit(self, should_stop) -> Iterator[dict]:
+        """Epoch after epoch: train, evaluate, record, step the schedule, maybe stop early. Every way out
+        (finished, early stop, stopped by the user, diverged) yields exactly one 'end' record."""
+        config = self.config
+        batches = math.ceil(len(self.data["train"][0]) / config.batch_size)
+        optimizer = make_optimizer(config, self.param_groups())
+        scheduler, per_batch = make_scheduler(config, optimizer, config.epochs, batches)
+        self._shuffle = torch.Generator().manual_seed(config.seed)
+        self._aug_generator = torch.Generator(device=self.placement.device).manual_seed(config.seed + 7)
+        self._last_good = copy.deepcopy(self.model.state_dict())
+        self._best_state, self._epochs_without_improvement = None, 0
+        self.status = "running"
         for epoch in range(1, config.epochs + 1):
             started = time.perf_counter()
-            self.model.train()
-            self._before_epoch(epoch)
-            order = torch.randperm(n, generator=shuffle).to(device)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            lr = optimizer.param_groups[-1]["lr"]
-            for batch in range(batches):
-                if should_stop():
-                    self._end("stopped", f"stopped by the user in epoch {epoch}, batch {batch + 1} of {batches}")
-                    yield {"kind": "end", "status": self.status, "message": self.message}
-                    return
-                index = order[batch * config.batch_size:(batch + 1) * config.batch_size]
-                # index_select copies whole rows; images[index] takes the generic indexing path (~20× slower on a CPU)
-                x, y = images.index_select(0, index), labels.index_select(0, index)
-                logits = self.forward(x, train=True, generator=aug_generator)
-                loss = self.loss_fn(logits, y)
-                # One check per batch (free on the CPU, one sync on a GPU): a NaN step would ruin the weights.
-                batch_loss = float(loss.detach())
-                if not math.isfinite(batch_loss) or batch_loss > DIVERGED_LOSS * len(y):
-                    self.model.load_state_dict(last_good)
-                    self._end("diverged", (
-                        f"the loss became {batch_loss / len(y):.3g} in epoch {epoch}, batch {batch + 1}: the run stopped and "
-                        f"kept the weights of epoch {epoch - 1}. Try a lower learning rate (now {lr:g})."))
-                    yield {"kind": "end", "status": self.status, "message": self.message}
-                    return
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss / len(y)).backward()
-                scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then
-                scaler.update()  # lowers the scale; raises it again after a run of clean steps
-                if per_batch:
-                    scheduler.step()
-                loss_sum += loss.detach()
-                correct += count_correct(logits.detach(), y)
-                if (batch + 1) % progress_every == 0 or batch + 1 == batches:
-                    yield {"kind": "progress", "epoch": epoch, "batch": batch + 1, "batches": batches}
-
-            record = self._epoch_record(epoch, loss_sum, correct, n, lr, time.perf_counter() - started)
+            sums = yield from self.train_one_epoch(epoch, optimizer, scheduler if per_batch else None, should_stop)
+            if sums is None:
+                return  # stopped or diverged: train_one_epoch yielded the 'end' record
+            record = self._epoch_record(epoch, *sums, time.perf_counter() - started)
             if not all(math.isfinite(v) for k, v in record.items() if isinstance(v, float)):
-                self.model.load_state_dict(last_good)
-                self._end("diverged", f"the validation loss became non-finite in epoch {epoch}; kept the weights "
-                                      f"of epoch {epoch - 1}. Try a lower learning rate.")
-                yield {"kind": "end", "status": self.status, "message": self.message}
+                yield self._diverged(f"the validation loss became non-finite in epoch {epoch}; kept the weights "
+                                     f"of epoch {epoch - 1}. Try a lower learning rate.")
                 return
             self.history.append(record)
             yield record
-            last_good = copy.deepcopy(self.model.state_dict())
+            self._last_good = copy.deepcopy(self.model.state_dict())
             if scheduler is not None and not per_batch:
                 if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     scheduler.step(record["val_loss"])
                 else:
                     scheduler.step()
-            if record["val_loss"] < self.best_val_loss:
-                self.best_val_loss, self.best_epoch = record["val_loss"], epoch
-                epochs_without_improvement = 0
-                if config.early_stopping_patience and config.restore_best:
-                    best_state = copy.deepcopy(self.model.state_dict())
-            else:
-                epochs_without_improvement += 1
-            if config.early_stopping_patience and epochs_without_improvement >= config.early_stopping_patience:
-                message = f"early stopping: no better val loss for {epochs_without_improvement} epochs"
-                if best_state is not None:
-                    self.model.load_state_dict(best_state)
-                    message += f"; restored the weights of epoch {self.best_epoch}"
-                self._end("finished", message)
-                yield {"kind": "end", "status": self.status, "message": self.message}
+            if self._stops_early(record):
+                yield self._end_record()
                 return
-        if config.early_stopping_patience and config.restore_best and best_state is not None:
-            self.model.load_state_dict(best_state)
+        if self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
         self._end("finished", f"trained {config.epochs} epochs")
-        yield {"kind": "end", "status": self.status, "message": self.message}
+        yield self._end_record()
+
+    def train_one_epoch(self, epoch: int, optimizer, batch_scheduler, should_stop) -> Iterator[dict]:
+        """One pass over the shuffled training images (torchvision's `train_one_epoch`). Yields progress
+        records; returns (summed loss, correct count, images, learning rate), sums left on the device, or
+        None when the run ended in this epoch (stopped by the user, or diverged) after its 'end' record."""
+        config, device = self.config, self.placement.device
+        images, labels = self.data["train"]
+        n = len(images)
+        batches = math.ceil(n / config.batch_size)
+        progress_every = max(1, batches // PROGRESS_UPDATES_PER_EPOCH)
+        self.model.train()
+        self._before_epoch(epoch)
+        order = torch.randperm(n, generator=self._shuffle).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        lr = optimizer.param_groups[-1]["lr"]
+        for batch in range(batches):
+            if should_stop():
+                self._end("stopped", f"stopped by the user in epoch {epoch}, batch {batch + 1} of {batches}")
+                yield self._end_record()
+                return None
+            index = order[batch * config.batch_size:(batch + 1) * config.batch_size]
+            # index_select copies whole rows; images[index] takes the generic indexing path (~20× slower on a CPU)
+            x, y = images.index_select(0, index), labels.index_select(0, index)
+            logits = self.forward(x, train=True, generator=self._aug_generator)
+            loss = self.loss_fn(logits, y)
+            # One check per batch (free on the CPU, one sync on a GPU): a NaN step would ruin the weights.
+            batch_loss = float(loss.detach())
+            if not math.isfinite(batch_loss) or batch_loss > DIVERGED_LOSS * len(y):
+                yield self._diverged(
+                    f"the loss became {batch_loss / len(y):.3g} in epoch {epoch}, batch {batch + 1}: the run stopped "
+                    f"and kept the weights of epoch {epoch - 1}. Try a lower learning rate (now {lr:g}).")
+                return None
+            self._optimizer_step(optimizer, loss / len(y))
+            if batch_scheduler is not None:
+                batch_scheduler.step()
+            loss_sum += loss.detach()
+            correct += count_correct(logits.detach(), y)
+            if (batch + 1) % progress_every == 0 or batch + 1 == batches:
+                yield {"kind": "progress", "epoch": epoch, "batch": batch + 1, "batches": batches}
+        return loss_sum, correct, n, lr
+
+    def _optimizer_step(self, optimizer, mean_loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(mean_loss).backward()
+        self.scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then
+        self.scaler.update()  # lowers the scale; raises it again after a run of clean steps
+
+    def _stops_early(self, record: dict) -> bool:
+        """Track the best val loss (and its weights when early stopping restores them); True when early
+        stopping ends the run now (the best weights restored, the status set)."""
+        config = self.config
+        if record["val_loss"] < self.best_val_loss:
+            self.best_val_loss, self.best_epoch = record["val_loss"], record["epoch"]
+            self._epochs_without_improvement = 0
+            if config.early_stopping_patience and config.restore_best:
+                self._best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            self._epochs_without_improvement += 1
+        if not config.early_stopping_patience or self._epochs_without_improvement < config.early_stopping_patience:
+            return False
+        message = f"early stopping: no better val loss for {self._epochs_without_improvement} epochs"
+        if self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+            message += f"; restored the weights of epoch {self.best_epoch}"
+        self._end("finished", message)
+        return True
 
     def _before_epoch(self, epoch: int):
-        """Hook for two-phase transfer learning (unfreeze the backbone after `frozen_epochs`)."""
-        if MODELS[self.config.model].family == "transfer":
-            transfer_setup.before_epoch(self.model, self.config, epoch)
+        """The family's hook (two-phase transfer learning unfreezes the backbone after `frozen_epochs`)."""
+        self.family.before_epoch(self.model, self.config, epoch)
 
     def _epoch_record(self, epoch, loss_sum, correct, n, lr, seconds) -> dict:
         evaluations = {name: self.evaluate(name) for name in self.data if name != "train"}

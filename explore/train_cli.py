@@ -12,7 +12,7 @@ from explore.data import DataError, DataSpec
 from explore.data.synthetic import KNOBS, resolve_knobs
 from explore.jobs import execute_run
 from explore.settings import NotAllowed, gate_request, load_settings
-from explore.models import MODELS
+from explore.models import MODELS, family_of
 from explore.presets import PRESETS
 from explore.settings import load_settings
 from explore.store import RunStore, StoreError
@@ -173,16 +173,15 @@ def apply_args(config: RunConfig, args) -> RunConfig:
         options["batch_norm"] = True
     if options != dict(config.model_options):
         changes["model_options"] = tuple(options.items())
-    if MODELS[config.model].family == "transfer" and args.input_norm is None:
-        changes["input_norm"] = "none"  # 0..1 input: the model applies its ImageNet mean/std itself
     changes |= multilabel.run_changes(config.replace(**changes), args.tasks, args.pneumonia_label_fraction,
                                       args.findings)
-    return config.replace(**changes)
+    # (a pretrained backbone's 0..1 input and fine-tuning default come from config.resolve)
+    return config.replace(**changes).resolve()
 
 
 def honest_weights(configs: list[RunConfig]) -> list[RunConfig]:
     """Transfer runs whose ImageNet weights cannot be had are named '(random init)', and the user is told why."""
-    if not any(MODELS[c.model].family == "transfer" for c in configs):
+    if not any(family_of(c.model).pretrained_weights for c in configs):
         return configs  # nothing to check (and no ImageNet weights to look up) for the course models
     configs, messages = honest_configs(configs)
     for message in messages:

@@ -51,9 +51,9 @@ from explore.config import RunConfig
 from explore.data import DataBundle, DataSpec
 from explore.data.synthetic import generate_synthetic
 from explore.device import Placement
-from explore.models import MODELS
+from explore.models import family_of
 from explore.store import save_tensors
-from explore.train import EVAL_BATCH_SIZE, TrainingRun, _uses_channels_last
+from explore.train import EVAL_BATCH_SIZE, TrainingRun, _uses_channels_last, eval_batches
 from explore.transfer_setup import before_epoch, build_for_run, param_groups  # noqa: F401 (re-exported)
 from explore.settings import cache_dir
 
@@ -123,20 +123,19 @@ class FeatureCache:
 FEATURE_CACHE = FeatureCache()  # holds immutable tensors only, keyed by content: safe to share
 
 
-@torch.no_grad()
 def extract_features(model: TransferNet, images: torch.Tensor, pipeline, placement: Placement,
                      batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
     """The backbone's output for uint8 images (eval mode: BatchNorm uses its stored statistics)."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = pipeline(images[start:start + batch_size], train=False)
-        if _uses_channels_last(model):
+    channels_last = _uses_channels_last(model)
+
+    def step(batch: slice) -> torch.Tensor:
+        x = pipeline(images[batch], train=False)
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with placement.autocast():
-            out.append(model.features(x).float())
-    model.train(was_training)
+            return model.features(x).float()
+
+    out = eval_batches(model, len(images), batch_size, step)
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -226,7 +225,7 @@ def honest_configs(configs: list[RunConfig], check_network: bool = True) -> tupl
     had become random-init runs named '(random init)'; other runs pass unchanged. Returns (configs, messages)."""
     out, messages = [], []
     for config in configs:
-        if MODELS[config.model].family == "transfer":
+        if family_of(config.model).pretrained_weights:
             config, message = resolve_pretrained(config, check_network=check_network)
             if message and message not in messages:
                 messages.append(message)
@@ -237,7 +236,7 @@ def honest_configs(configs: list[RunConfig], check_network: bool = True) -> tupl
 def relabel_if_random(config: RunConfig, weights_name: str | None) -> RunConfig | None:
     """After the model is built: a run that asked for ImageNet weights but got random ones (the download
     failed after it was queued) → its config, relabelled '(random init)'; None when nothing changes."""
-    if weights_name != RANDOM or MODELS[config.model].family != "transfer":
+    if weights_name != RANDOM or not family_of(config.model).pretrained_weights:
         return None
     honest = _with_random_suffix(config.replace(pretrained=False))
     return None if honest == config else honest
@@ -297,9 +296,7 @@ def parameter_table(backbone: str, head: str = "course", modes=MODES, num_output
 
 def group_records(store, group: str) -> list:
     """The transfer runs of one group (e.g. the frozen and fine-tuned runs of one "Run both"), oldest first."""
-    records = [r for r in store.list(with_metrics=True)
-               if r.config is not None and r.config.group == group and r.config.model in BACKBONES]
-    return sorted(records, key=lambda r: r.created)
+    return [r for r in store.group_runs(group) if r.config.model in BACKBONES]
 
 
 def transfer_groups(store) -> list[str]:

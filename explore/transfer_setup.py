@@ -2,16 +2,20 @@
 
 explore.backbones builds networks and knows which parameters train in each mode, without knowing
 about runs; this module reads a RunConfig (transfer_mode, frozen_epochs, backbone_lr_scale,
-pretrained) and applies it. It sits above explore.config, which itself sits above the model
-registry and the backbones, so the import graph has no cycle.
+pretrained) and applies it. The model registry's transfer family (explore.models.PretrainedFamily)
+calls it; it needs RunConfig's fields, never the class, so it sits below explore.config and the
+registry with no cycle.
 """
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 from explore.backbones import (RANDOM, TransferNet, WeightsUnavailable, build_transfer_model, keep_frozen_parts_in_eval,
                                last_block_parameters, set_trainable)
-from explore.config import RunConfig
+
+if TYPE_CHECKING:  # annotations only: the config module sits above the registry that calls this one
+    from explore.config import RunConfig
 
 
 def build_for_run(config: RunConfig, num_classes: int, load_pretrained: bool = True) -> tuple[TransferNet, str]:

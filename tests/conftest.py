@@ -87,3 +87,21 @@ def wait_for(predicate, timeout: float = 120.0):
             return value
         time.sleep(0.05)
     raise AssertionError("timed out")
+
+
+@pytest.fixture
+def register_data(request):
+    """`register_data(bundle)` → the DataSpec of that bundle (source "memory:NAME", its own image size and
+    classes), for configs that should train on it through the real load_bundle; unregistered after the test."""
+    from explore.data import register_bundle, unregister_bundle
+
+    names = []
+
+    def register(bundle, name: str | None = None):
+        name = name or f"{request.node.name}-{len(names)}".replace(":", "_")
+        names.append(name)
+        return register_bundle(name, bundle)
+
+    yield register
+    for name in names:
+        unregister_bundle(name)

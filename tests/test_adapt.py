@@ -10,11 +10,10 @@ from torch import nn
 
 import explore.attribution
 import explore.mismatch
-import explore.train
 from conftest import make_bundle
 from explore import adapt as AD
 from explore.config import RunConfig
-from explore.data import DataSpec
+from explore.data import DataSpec, register_bundle
 from explore.jobs import execute_run
 from explore.store import RunStore
 from explore.train import InputPipeline
@@ -37,13 +36,11 @@ def bundle():
 def finished_run(tmp_path_factory, bundle):
     """hw3_ann (it has BatchNorm) trained for 2 epochs on the tiny bundle."""
     root = tmp_path_factory.mktemp("runs")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(explore.train, "load_bundle", lambda spec: bundle)
-        store = RunStore(root)
-        config = RunConfig(data=DataSpec(image_size=64), model="hw3_ann", epochs=2, batch_size=16, lr=1e-3,
-                           name="tiny-ann")
-        run_id = store.create(config)
-        records = list(execute_run(store, run_id))
+    store = RunStore(root)
+    config = RunConfig(data=register_bundle("adapt-tiny", bundle), model="hw3_ann", epochs=2, batch_size=16, lr=1e-3,
+                       name="tiny-ann")
+    run_id = store.create(config)
+    records = list(execute_run(store, run_id))
     assert records[-1]["status"] == "finished", records[-1]
     return store, run_id
 
@@ -112,9 +109,8 @@ def test_before_and_after_on_the_same_test_images(loaded, method):
             explore.mismatch.internal_external(loaded.predictions)["test"]["acc"])
 
 
-def test_cli_prints_before_and_after(finished_run, bundle, capsys, monkeypatch):
+def test_cli_prints_before_and_after(finished_run, capsys):
     store, run_id = finished_run
-    monkeypatch.setattr(explore.attribution, "load_bundle", lambda spec: bundle)
     assert AD.cli_main(["--run", str(store.root / run_id), "--method", "bn", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= {"method", "before", "after"} and set(out["after"]) >= {"acc", "auc"}

@@ -12,7 +12,6 @@ from torch import nn
 from conftest import make_bundle
 from explore import analysis
 from explore.config import RunConfig
-from explore.data import DataSpec
 from explore.device import Placement
 from explore.jobs import execute_run
 from explore.models import SCRATCH_MODELS, build_model, count_parameters
@@ -157,11 +156,10 @@ def test_translation_sensitivity_of_fresh_models_resizes_and_checks_input():
         analysis.translation_sensitivity(models, image, axis="z")
 
 
-def test_classifier_from_a_finished_run_uses_its_stored_pipeline(runs_dir, monkeypatch):
+def test_classifier_from_a_finished_run_uses_its_stored_pipeline(runs_dir, register_data):
     bundle = make_bundle(size=32, n_train=32, n_val=16, n_test=16)
-    monkeypatch.setattr("explore.train.load_bundle", lambda spec: bundle)
     store = RunStore(runs_dir)
-    run_id = store.create(RunConfig(data=DataSpec(image_size=32), model="hw3_cnn", epochs=1, device="cpu",
+    run_id = store.create(RunConfig(data=register_data(bundle), model="hw3_cnn", epochs=1, device="cpu",
                                     precision="fp32", name="tiny cnn"))
     end = list(execute_run(store, run_id))[-1]
     assert end["status"] == "finished", end

@@ -12,9 +12,8 @@ import torchvision
 from torch import nn
 
 import explore.attribution as A
-import explore.train
 from explore.config import RunConfig
-from explore.data import DataSpec
+from explore.data import DataSpec, register_bundle
 from explore.jobs import execute_run
 from explore.models import build_model
 from explore.store import RunStore
@@ -75,12 +74,11 @@ def pipeline(bundle):
 def trained_run(tmp_path_factory, bundle):
     """A small GAP CNN trained on the tiny bundle (class 1 = a bright blob exactly on the lesion mask)."""
     root = tmp_path_factory.mktemp("runs")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(explore.train, "load_bundle", lambda spec: bundle)
-        store = RunStore(root)
-        config = RunConfig(data=DataSpec(image_size=64), model="lab4_gap", epochs=4, batch_size=16, lr=3e-3)
-        run_id = store.create(config)
-        records = list(execute_run(store, run_id))
+    store = RunStore(root)
+    config = RunConfig(data=register_bundle("attribution-tiny", bundle), model="lab4_gap", epochs=4, batch_size=16,
+                       lr=3e-3)
+    run_id = store.create(config)
+    records = list(execute_run(store, run_id))
     assert records[-1]["status"] == "finished", records[-1]
     assert records[-1]["summary"]["val_acc"] >= 0.9
     return store, run_id
@@ -289,9 +287,8 @@ def test_where_attribution_falls_rows(trained_run, bundle):
     assert {"val_share", "test_share"} <= set(table[0])
 
 
-def test_cli_writes_one_png_per_image(trained_run, bundle, tmp_path, monkeypatch, capsys):
+def test_cli_writes_one_png_per_image(trained_run, tmp_path, capsys):
     store, run_id = trained_run
-    monkeypatch.setattr(A, "load_bundle", lambda spec: bundle)
     out = tmp_path / "maps"
     code = A.cli_main(["--run", str(store.path(run_id)), "--method", "gradcam", "--split", "test", "--n", "3",
                        "--out", str(out), "--json"])

@@ -1,9 +1,11 @@
 """The disk cache of decoded bundles that lets a fresh worker process skip the decoding."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from explore.data import DataSpec, _decode
+from conftest import make_bundle
+from explore.data import DataError, DataSpec, _decode, load_bundle
 from explore.data import disk_cache
 
 SMALL = DataSpec(image_size=64, synthetic=(("n_train", 24), ("n_val", 10), ("n_test", 10)))
@@ -44,3 +46,14 @@ def test_a_damaged_file_is_rebuilt_and_folders_are_never_cached_here(tmp_path, m
     assert not disk_cache.cacheable(DataSpec(test_source="folder:/data/site-b"))
     monkeypatch.setenv("EXPLORE_BUNDLE_CACHE", "0")
     assert not disk_cache.cacheable(SMALL)
+
+
+def test_a_registered_bundle_loads_by_name_at_its_own_size(register_data):
+    bundle = make_bundle(size=32, num_classes=3)
+    spec = register_data(bundle, name="tiny-three")
+    assert (spec.source, spec.image_size, spec.num_classes) == ("memory:tiny-three", 32, 3)
+    assert load_bundle(spec) is bundle  # the very tensors: nothing decoded or copied
+    with pytest.raises(DataError, match="32 px"):
+        load_bundle(DataSpec(source="memory:tiny-three", image_size=64))  # a spec that disagrees with its data
+    with pytest.raises(DataError, match="no bundle is registered"):
+        load_bundle(DataSpec(source="memory:never-registered", image_size=32))

@@ -104,14 +104,13 @@ def test_server_memory_counts_this_process():
 
 
 # ----- the job manager's overview ----------------------------------------------------------
-def test_overview_shape_queues_by_session_and_cancel(runs_dir, monkeypatch):
-    bundle = make_bundle(size=32, n_train=64, n_val=32, n_test=32)
-    monkeypatch.setattr("explore.train.load_bundle", lambda spec: bundle)
+def test_overview_shape_queues_by_session_and_cancel(runs_dir, register_data):
+    tiny = register_data(make_bundle(size=32, n_train=64, n_val=32, n_test=32))
     a, b = RunStore(runs_dir, namespace="session-a"), RunStore(runs_dir, namespace="session-b")
-    manager = JobManager(max_concurrent=1, executor="thread")  # in this process: the tiny data reaches it
-    [long_run] = manager.submit(a, [CNN.replace(epochs=500, batch_size=8, precision="fp32")])
-    queued_a = manager.submit(a, [CNN.replace(epochs=1)])
-    queued_b = manager.submit(b, [CNN.replace(epochs=1)])
+    manager = JobManager(max_concurrent=1, executor="thread")  # in this process: the registered data reaches it
+    [long_run] = manager.submit(a, [CNN.replace(epochs=500, batch_size=8, precision="fp32", data=tiny)])
+    queued_a = manager.submit(a, [CNN.replace(epochs=1, data=tiny)])
+    queued_b = manager.submit(b, [CNN.replace(epochs=1, data=tiny)])
     deadline = time.monotonic() + 30
     while manager.overview()["workers"][0]["run_id"] != long_run and time.monotonic() < deadline:
         time.sleep(0.05)

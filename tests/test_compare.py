@@ -137,10 +137,9 @@ def test_sweep_configs_grid_and_clear_errors():
         compare.sweep_configs(BASE, {"lr": [-1.0]}, "s")
 
 
-def test_sweep_2x2_trains_four_runs_in_one_group(store, monkeypatch):
-    bundle = make_bundle(size=32, n_train=32, n_val=16, n_test=16)
-    monkeypatch.setattr("explore.train.load_bundle", lambda spec: bundle)
-    base = BASE.replace(model="lab4_gap", epochs=1, device="cpu", precision="fp32")
+def test_sweep_2x2_trains_four_runs_in_one_group(store, register_data):
+    tiny = register_data(make_bundle(size=32, n_train=32, n_val=16, n_test=16))
+    base = BASE.replace(model="lab4_gap", epochs=1, device="cpu", precision="fp32", data=tiny)
     configs = compare.sweep_configs(base, {"lr": [1e-3, 1e-2], "batch_size": [8, 16]}, "sweep-test")
     manager = JobManager(max_concurrent=1, executor="thread")
     run_ids = manager.submit(store, configs)

@@ -207,18 +207,14 @@ def test_card_rows_and_sentences_read_the_verdicts():
     assert "Grad-CAM 7/7" in text and "Saliency barely changes" in text and "faithful on val but not" in text
 
 
-def test_cli_prints_the_documented_json(tmp_path, capsys, monkeypatch):
+def test_cli_prints_the_documented_json(tmp_path, capsys, register_data):
     from conftest import make_bundle
-    import explore.train
-    from explore.data import DataSpec
     from explore.jobs import execute_run
     from explore.store import RunStore
 
     bundle = make_bundle(size=SIZE, n_train=32, n_val=16, n_test=16)
-    monkeypatch.setattr(explore.train, "load_bundle", lambda spec: bundle)
-    monkeypatch.setattr(A, "load_bundle", lambda spec: bundle)
     store = RunStore(tmp_path)
-    run_id = store.create(RunConfig(data=DataSpec(image_size=SIZE), model="lab4_gap", epochs=1, batch_size=16))
+    run_id = store.create(RunConfig(data=register_data(bundle), model="lab4_gap", epochs=1, batch_size=16))
     assert list(execute_run(store, run_id))[-1]["status"] == "finished"
     from explore.cli import main
 
@@ -257,17 +253,14 @@ def test_data_randomisation_run_trains_on_a_permutation_of_the_labels(tmp_path):
     assert torch.equal(plain.data["train"][1].cpu(), bundle.train.labels)
 
 
-def test_the_shuffled_label_run_is_found_and_compared(tmp_path, monkeypatch):
+def test_the_shuffled_label_run_is_found_and_compared(tmp_path, register_data):
     from conftest import make_bundle
-    import explore.train
-    from explore.data import DataSpec
     from explore.jobs import execute_run
     from explore.store import RunStore
 
     bundle = make_bundle(size=SIZE, n_train=32, n_val=16, n_test=16)
-    monkeypatch.setattr(explore.train, "load_bundle", lambda spec: bundle)
     store = RunStore(tmp_path)
-    config = RunConfig(data=DataSpec(image_size=SIZE), model="lab4_gap", epochs=1, batch_size=16, name="tiny")
+    config = RunConfig(data=register_data(bundle), model="lab4_gap", epochs=1, batch_size=16, name="tiny")
     original = store.create(config)
     assert R.find_data_randomisation_run(store, config) == (None, None)
     shuffled = store.create(R.data_randomisation_config(config))
@@ -275,7 +268,7 @@ def test_the_shuffled_label_run_is_found_and_compared(tmp_path, monkeypatch):
     for run_id in (original, shuffled):
         assert list(execute_run(store, run_id))[-1]["status"] == "finished"
     assert R.find_data_randomisation_run(store, config) == (shuffled, "finished")
-    other = RunConfig(data=DataSpec(image_size=SIZE), model="lab4_gap", epochs=2, batch_size=16)
+    other = config.replace(epochs=2, name="")
     assert R.find_data_randomisation_run(store, other) == (None, None)  # a different run's copy does not count
 
     loaded = A.load_run(store, original, bundle=bundle)

@@ -3,25 +3,22 @@ import pytest
 import torch
 
 from explore.config import RunConfig
-from explore.data import DataSpec
+from explore.data import register_bundle
 from explore.jobs import JobManager, execute_run
 from explore.store import RunStore, StoreError
 
 from conftest import make_bundle
 
 
-@pytest.fixture
-def tiny_data(monkeypatch):
-    bundle = make_bundle(size=32, n_train=64, n_val=32, n_test=32)
-    monkeypatch.setattr("explore.train.load_bundle", lambda spec: bundle)
-    return bundle
+# The runs here train on this tiny bundle, named so their configs say so (32 px).
+TINY = register_bundle("faults-tiny", make_bundle(size=32, n_train=64, n_val=32, n_test=32))
 
 
 def cfg(**kw):
-    return RunConfig(**({"model": "hw3_cnn", "epochs": 2, "data": DataSpec(image_size=64), "precision": "fp32"} | kw))
+    return RunConfig(**({"model": "hw3_cnn", "epochs": 2, "data": TINY, "precision": "fp32"} | kw))
 
 
-def test_out_of_memory_ends_that_run_and_the_next_one_works(runs_dir, tiny_data, monkeypatch):
+def test_out_of_memory_ends_that_run_and_the_next_one_works(runs_dir, monkeypatch):
     from explore.models import HW3ConvModel
 
     original = HW3ConvModel.forward
@@ -44,7 +41,7 @@ def test_out_of_memory_ends_that_run_and_the_next_one_works(runs_dir, tiny_data,
     assert store.load(second).state == "finished"
 
 
-def test_full_disk_while_writing_is_a_clear_failure(runs_dir, tiny_data, monkeypatch):
+def test_full_disk_while_writing_is_a_clear_failure(runs_dir, monkeypatch):
     store = RunStore(runs_dir)
     run_id = store.create(cfg())
 
@@ -62,7 +59,7 @@ def test_runs_folder_that_is_a_file(tmp_path):
         RunStore(tmp_path / "runs").ensure_writable()
 
 
-def test_writer_killed_mid_write_leaves_a_listable_folder(runs_dir, tiny_data):
+def test_writer_killed_mid_write_leaves_a_listable_folder(runs_dir):
     store = RunStore(runs_dir)
     run_id = store.create(cfg())
     list(execute_run(store, run_id))

@@ -19,9 +19,9 @@ DEMO = AppSettings(demo_mode=True, max_epochs=5, max_image_size=64, max_sweep_ru
 
 
 @pytest.fixture
-def tiny_data(monkeypatch):
-    bundle = make_bundle(size=32)
-    monkeypatch.setattr("explore.train.load_bundle", lambda spec: bundle)
+def tiny_data(register_data) -> DataSpec:
+    """The spec of a tiny 32 px bundle the runs train on."""
+    return register_data(make_bundle(size=32))
 
 
 def cfg(**kw) -> RunConfig:
@@ -84,8 +84,8 @@ def test_fair_queue_serves_the_least_recently_served_session():
 def test_a_session_with_one_run_starts_second_after_a_classmate_queued_four(runs_dir, tiny_data):
     manager = JobManager(max_concurrent=1, executor="thread")
     a, b = RunStore(runs_dir, namespace="session-a"), RunStore(runs_dir, namespace="session-b")
-    a_ids = manager.submit(a, [cfg(name=f"a{i}", seed=i) for i in range(4)])
-    [b_id] = manager.submit(b, [cfg(name="b")])
+    a_ids = manager.submit(a, [cfg(name=f"a{i}", seed=i, data=tiny_data) for i in range(4)])
+    [b_id] = manager.submit(b, [cfg(name="b", data=tiny_data)])
     assert manager.queue_position(b_id) in (1, 2)  # 1 when a's first run already left the queue
     assert manager.wait_idle(timeout=300)
     started = sorted([(a.load(i).status["started"], i) for i in a_ids] + [(b.load(b_id).status["started"], b_id)])
@@ -95,12 +95,13 @@ def test_a_session_with_one_run_starts_second_after_a_classmate_queued_four(runs
 def test_the_wait_estimate_comes_from_recent_runs(runs_dir, tiny_data):
     manager = JobManager(max_concurrent=1, executor="thread")
     store = RunStore(runs_dir)
-    [first] = manager.submit(store, [cfg(epochs=2)])
+    [first] = manager.submit(store, [cfg(epochs=2, data=tiny_data)])
     assert manager.wait_idle(timeout=120)
     seconds_per_epoch = store.load(first).summary["seconds_per_epoch"]
     waiting = JobManager(max_concurrent=0, executor="thread")
     waiting._recent_speeds.extend(manager._recent_speeds)  # what the first manager learned
-    ids = waiting.submit(store, [cfg(epochs=3), cfg(epochs=4), cfg(epochs=1)])
+    ids = waiting.submit(store, [cfg(epochs=3, data=tiny_data), cfg(epochs=4, data=tiny_data),
+                                 cfg(epochs=1, data=tiny_data)])
     assert waiting.estimated_wait(ids[0]) == pytest.approx(0.0)  # next, and nothing is running
     assert waiting.estimated_wait(ids[2]) == pytest.approx(7 * seconds_per_epoch)
     assert JobManager(max_concurrent=0, executor="thread").estimated_wait("unknown") is None

@@ -74,21 +74,18 @@ def test_lr_finder_reference(tiny_bundle):
     assert lrs == sorted(lrs)
 
 
-def test_a_run_queued_with_imagenet_weights_that_trains_from_random_says_so(tmp_path, monkeypatch):
+def test_a_run_queued_with_imagenet_weights_that_trains_from_random_says_so(tmp_path, monkeypatch, register_data):
     """Queued from any page without the submit-time check (a sweep from a base run, a Mismatch fix...):
     when the weights turn out missing, execute_run relabels the stored config, so every page shows it."""
-    import explore.train
     from conftest import make_bundle
-    from explore.data import DataSpec
     from explore.jobs import execute_run
     from explore.store import RunStore
 
     monkeypatch.setenv("EXPLORE_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))
-    monkeypatch.setattr(explore.train, "load_bundle", lambda spec: make_bundle(32, 32, 16, 16))
     store = RunStore(tmp_path / "runs")
     config = RunConfig(model="mobilenet_v3_small", transfer_mode="frozen", epochs=1, name="MobileNet · frozen",
-                       data=DataSpec(image_size=64))
+                       data=register_data(make_bundle(32, 32, 16, 16)))
     run_id = store.create(config)
     end = list(execute_run(store, run_id))[-1]
     assert end["status"] == "finished", end

@@ -13,7 +13,7 @@ import explore.mismatch as M
 import explore.train
 from conftest import make_bundle, make_split
 from explore.config import RunConfig
-from explore.data import DataSpec
+from explore.data import DataSpec, register_bundle
 from explore.jobs import JobManager, execute_run
 from explore.store import RunStore
 from explore.train import TrainingRun
@@ -41,13 +41,12 @@ def bundle():
 @pytest.fixture(scope="module")
 def run_with_train_dev(tmp_path_factory, bundle):
     root = tmp_path_factory.mktemp("runs")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(explore.train, "load_bundle", lambda spec: bundle)
-        store = RunStore(root)
-        config = RunConfig(data=DataSpec(image_size=64), model="lab4_gap", epochs=2, batch_size=16, lr=3e-3,
-                           train_dev_fraction=0.25, name="tiny")
-        run_id = store.create(config)
-        records = list(execute_run(store, run_id))
+    store = RunStore(root)
+    data = register_bundle("mismatch-tiny", bundle)  # the run, its fixes and the CLI all load it by name
+    config = RunConfig(data=data, model="lab4_gap", epochs=2, batch_size=16, lr=3e-3,
+                       train_dev_fraction=0.25, name="tiny")
+    run_id = store.create(config)
+    records = list(execute_run(store, run_id))
     assert records[-1]["status"] == "finished", records[-1]
     return store, run_id
 
@@ -101,14 +100,6 @@ def test_source_classifier_sees_a_site_shift_and_nothing_without_one():
     assert abs(unshifted - 0.5) < 0.2, unshifted
 
 
-def test_train_dev_split_is_the_one_training_used(bundle):
-    config = RunConfig(data=DataSpec(image_size=64), model="lab4_gap", epochs=1, train_dev_fraction=0.25, seed=3)
-    run = TrainingRun(config, bundle)
-    kept, held = M.split_train_dev(bundle.train, 0.25, 3, 2)
-    assert torch.equal(run.data["train"][0], kept.images) and torch.equal(run.data["train_dev"][0], held.images)
-    assert M.split_train_dev(bundle.train, 0.0, 3, 2)[1] is None
-
-
 def test_decompose_run_re_evaluates_train_in_eval_mode(run_with_train_dev, bundle):
     store, run_id = run_with_train_dev
     loaded = A.load_run(store, run_id, bundle=bundle)
@@ -158,9 +149,8 @@ def test_fix_configs():
     assert "no_shortcut" not in [fix.key for fix in M.available_fixes(folder)]
 
 
-def test_fixes_queue_as_one_group_and_fill_the_table(run_with_train_dev, bundle, monkeypatch):
+def test_fixes_queue_as_one_group_and_fill_the_table(run_with_train_dev):
     store, run_id = run_with_train_dev
-    monkeypatch.setattr(explore.train, "load_bundle", lambda spec: bundle)
     base = store.load(run_id).config
     manager = JobManager(max_concurrent=1, executor="thread")
     ids = manager.submit(store, M.fix_configs(base, run_id, ["per_image", "histeq"], epochs=1))
@@ -173,9 +163,8 @@ def test_fixes_queue_as_one_group_and_fill_the_table(run_with_train_dev, bundle,
     assert "input_norm: dataset → histeq" in rows[2]["changes"]
 
 
-def test_cli_prints_the_report(run_with_train_dev, bundle, monkeypatch, capsys):
+def test_cli_prints_the_report(run_with_train_dev, capsys):
     store, run_id = run_with_train_dev
-    monkeypatch.setattr(A, "load_bundle", lambda spec: bundle)
     assert M.cli_main(["--run", str(store.path(run_id)), "--json", "--human-error", "0.01"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {"internal_external", "decomposition", "source_classifier"} <= set(report)
@@ -208,6 +197,6 @@ def test_demo_mode_caps_the_fix_runs_on_the_page(run_with_train_dev, bundle, tmp
     at.number_input(key="mismatch_epochs").set_value(40)
     next(b for b in at.button if b.label.startswith("Queue")).click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert any("epochs capped at 15 (asked 40)" in i.value for i in at.info)
+    assert any("epochs capped at 15 (asked 40)" in i.value for i in at.info), ([i.value for i in at.info], [e.value for e in at.error], [w.value for w in at.warning])
     queued = [r for r in RunStore(session_runs).list() if r.run_id != run_id]
     assert queued and all(r.config.epochs == 15 for r in queued)

@@ -8,13 +8,12 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-import explore.train
 import pages.common
 import pages.saliency_card
 from conftest import make_bundle
 from explore import explain_report as R
 from explore.config import RunConfig
-from explore.data import DataSpec
+from explore.data import register_bundle
 from explore.jobs import execute_run
 from explore.store import RunStore
 
@@ -30,12 +29,10 @@ def bundle():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, bundle):
     root = tmp_path_factory.mktemp("runs")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(explore.train, "load_bundle", lambda spec: bundle)
-        store = RunStore(root)
-        run_id = store.create(RunConfig(data=DataSpec(image_size=32), model="lab4_gap", epochs=2, batch_size=16,
-                                        lr=3e-3, name="card run"))
-        assert list(execute_run(store, run_id))[-1]["status"] == "finished"
+    store = RunStore(root)
+    run_id = store.create(RunConfig(data=register_bundle("report-card-tiny", bundle), model="lab4_gap", epochs=2,
+                                    batch_size=16, lr=3e-3, name="card run"))
+    assert list(execute_run(store, run_id))[-1]["status"] == "finished"
     return root, run_id
 
 

@@ -7,13 +7,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import explore.attribution
-import explore.train
 import pages.common
 from conftest import make_bundle
 from explore import roar
 from explore.config import RunConfig
-from explore.data import DataSpec
 from explore.jobs import execute_run
 from explore.store import RunStore
 
@@ -21,14 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
 
 
-def test_the_button_queues_the_group_and_the_page_and_cli_show_accuracy_vs_t(tmp_path, monkeypatch, capsys):
+def test_the_button_queues_the_group_and_the_page_and_cli_show_accuracy_vs_t(tmp_path, monkeypatch, capsys,
+                                                                               register_data):
     bundle = make_bundle(size=SIZE, n_train=32, n_val=16, n_test=16)
-    monkeypatch.setattr(explore.train, "load_bundle", lambda spec: bundle)
-    monkeypatch.setattr(explore.attribution, "load_bundle", lambda spec: bundle)
     monkeypatch.setattr(pages.common, "cached_bundle", lambda spec: bundle)
     monkeypatch.setenv("EXPLORE_RUNS_DIR", str(tmp_path))
     store = RunStore(tmp_path)
-    source = store.create(RunConfig(data=DataSpec(image_size=SIZE), model="lab4_gap", epochs=1, batch_size=16,
+    source = store.create(RunConfig(data=register_data(bundle), model="lab4_gap", epochs=1, batch_size=16,
                                     name="roar source"))
     assert list(execute_run(store, source))[-1]["status"] == "finished"
     queued = []

@@ -8,11 +8,10 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-import explore.train
 import pages.common
 from conftest import make_bundle
 from explore.config import RunConfig
-from explore.data import DataSpec
+from explore.data import register_bundle
 from explore.jobs import JobManager, execute_run
 from explore.store import RunStore
 
@@ -43,12 +42,10 @@ def bundle():
 def runs_root(tmp_path_factory, bundle):
     """A runs folder holding one finished run (lab4_gap, 3 epochs on the tiny bundle)."""
     root = tmp_path_factory.mktemp("runs")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(explore.train, "load_bundle", lambda spec: bundle)
-        store = RunStore(root)
-        run_id = store.create(RunConfig(data=DataSpec(image_size=64), model="lab4_gap", epochs=3, batch_size=16,
-                                        lr=3e-3, name="tiny gap"))
-        assert list(execute_run(store, run_id))[-1]["status"] == "finished"
+    store = RunStore(root)
+    run_id = store.create(RunConfig(data=register_bundle("saliency-pages-tiny", bundle), model="lab4_gap", epochs=3,
+                                    batch_size=16, lr=3e-3, name="tiny gap"))
+    assert list(execute_run(store, run_id))[-1]["status"] == "finished"
     return root
 
 
@@ -56,7 +53,6 @@ def runs_root(tmp_path_factory, bundle):
 def app_env(runs_root, bundle, monkeypatch):
     monkeypatch.setenv("EXPLORE_RUNS_DIR", str(runs_root))
     monkeypatch.setattr(pages.common, "cached_bundle", lambda spec: bundle)
-    monkeypatch.setattr(explore.train, "load_bundle", lambda spec: bundle)  # for fixes trained in the background
     return runs_root
 
 

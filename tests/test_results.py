@@ -34,7 +34,7 @@ def test_per_class_against_hand_counts():
               data=DataSpec(image_size=64, num_classes=3, seed=2, synthetic=(("noise", 0.8), ("n_train", 200))),
               loss="ce", eval_test=False, name="it's mine"),
     RunConfig(model="resnet18", transfer_mode="two-phase", transfer_head="linear", pretrained=False,
-              backbone_lr_scale=0.3, name="ResNet-18 (random init)"),
+              backbone_lr_scale=0.3, name="ResNet-18 (random init)").resolve(),  # as stored: 0..1 input
 ])
 def test_the_reproduce_command_gives_back_the_same_run(config):
     command = reproduce_command(config)

@@ -60,17 +60,15 @@ def test_config_fields_are_validated(tmp_path):
         roar.roar_configs(group[0], tmp_path)
 
 
-def test_a_tiny_roar_group_trains_and_the_report_reads_it_back(tmp_path, monkeypatch):
+def test_a_tiny_roar_group_trains_and_the_report_reads_it_back(tmp_path, register_data):
     from conftest import make_bundle
-    import explore.train
     from explore.jobs import execute_run
     from explore.store import RunStore
     from explore.runs import make_run
 
     bundle = make_bundle(size=SIZE, n_train=32, n_val=16, n_test=16)
-    monkeypatch.setattr(explore.train, "load_bundle", lambda spec: bundle)
     store = RunStore(tmp_path)
-    config = RunConfig(data=DataSpec(image_size=SIZE), model="lab4_gap", epochs=1, batch_size=16, name="tiny")
+    config = RunConfig(data=register_data(bundle), model="lab4_gap", epochs=1, batch_size=16, name="tiny")
     source = store.create(config)
     assert list(execute_run(store, source))[-1]["status"] == "finished"
     assert roar.roar_results(store, store.path(source)) is None  # no ROAR runs yet
@@ -106,19 +104,17 @@ def test_a_tiny_roar_group_trains_and_the_report_reads_it_back(tmp_path, monkeyp
     assert roar.roar_sentence(results)
 
 
-def test_the_cli_trains_the_group_and_prints_accuracy_vs_t(tmp_path, monkeypatch, capsys):
+def test_the_cli_trains_the_group_and_prints_accuracy_vs_t(tmp_path, register_data, capsys):
     import json
 
     from conftest import make_bundle
-    import explore.train
     from explore.cli import main
     from explore.jobs import execute_run
     from explore.store import RunStore
 
     bundle = make_bundle(size=SIZE, n_train=32, n_val=16, n_test=16)
-    monkeypatch.setattr(explore.train, "load_bundle", lambda spec: bundle)
     store = RunStore(tmp_path)
-    source = store.create(RunConfig(data=DataSpec(image_size=SIZE), model="lab4_gap", epochs=1, batch_size=16))
+    source = store.create(RunConfig(data=register_data(bundle), model="lab4_gap", epochs=1, batch_size=16))
     assert main(["roar", "--run", str(store.path(source))]) == 2  # not finished yet: a clear error
     assert "not a finished run" in capsys.readouterr().err
     assert list(execute_run(store, source))[-1]["status"] == "finished"

@@ -23,7 +23,7 @@ def heavy_values(value, where: str, found: list[str], seen: set[int]) -> int:
         return 0
     seen.add(id(value))
     if isinstance(value, (torch.Tensor, torch.nn.Module, np.ndarray)) or type(value).__name__ in (
-            "DataBundle", "Split", "LoadedRun", "TrainingRun"):
+            "DataBundle", "Split", "LoadedRun", "FinishedRun", "TrainingRun"):
         found.append(f"{where}: {type(value).__name__}")
         return 0
     if isinstance(value, LIGHT):

@@ -62,10 +62,9 @@ def test_config_link_round_trip_and_garbage():
             decode_config(bad)
 
 
-def test_run_bundle_replays_elsewhere(tmp_path, monkeypatch):
-    monkeypatch.setattr("explore.train.load_bundle", lambda spec: make_bundle(size=32))
+def test_run_bundle_replays_elsewhere(tmp_path, register_data):
     here, there = RunStore(tmp_path / "here"), RunStore(tmp_path / "there")
-    run_id = here.create(RunConfig(model="hw3_cnn", epochs=2, data=DataSpec(image_size=64), name="shared"))
+    run_id = here.create(RunConfig(model="hw3_cnn", epochs=2, data=register_data(make_bundle(size=32)), name="shared"))
     list(execute_run(here, run_id))
     data = export_run_bundle(here, run_id)
     new_id = import_run_bundle(data, there)

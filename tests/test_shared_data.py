@@ -9,7 +9,6 @@ import torch
 from conftest import make_bundle
 from explore import attribution, mismatch
 from explore.config import RunConfig
-from explore.data import DataSpec
 from explore.jobs import execute_run
 from explore.store import RunStore
 
@@ -20,15 +19,13 @@ def snapshot(bundle) -> dict[str, list[torch.Tensor]]:
             for name, split in bundle.splits.items()}
 
 
-def test_a_whole_session_leaves_the_shared_dataset_untouched(tmp_path, monkeypatch):
-    import explore.train
-
+def test_a_whole_session_leaves_the_shared_dataset_untouched(tmp_path, register_data):
     bundle = make_bundle(size=32, n_train=48, n_val=16, n_test=16)
     before = snapshot(bundle)
-    monkeypatch.setattr(explore.train, "load_bundle", lambda spec: bundle)
+    data = register_data(bundle)
     store = RunStore(tmp_path / "runs")
     for norm in ("histeq", "per_image", "dataset"):
-        config = RunConfig(data=DataSpec(image_size=32), model="lab4_gap", epochs=2, batch_size=16, input_norm=norm,
+        config = RunConfig(data=data, model="lab4_gap", epochs=2, batch_size=16, input_norm=norm,
                            augment=("geometry", "intensity", "noise", "hflip"), train_dev_fraction=0.2)
         run_id = store.create(config)
         assert list(execute_run(store, run_id))[-1]["status"] == "finished"

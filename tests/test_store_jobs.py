@@ -9,26 +9,22 @@ import torch
 
 from explore import jobs
 from explore.config import RunConfig
-from explore.data import DataSpec
+from explore.data import DataSpec, register_bundle
 from explore.jobs import JobManager, execute_run
 from explore.store import RunStore, StoreError, read_metrics
 
 from conftest import make_bundle
 
 
-@pytest.fixture
-def tiny_data(monkeypatch):
-    """Every run in these tests trains on the tiny in-memory bundle."""
-    bundle = make_bundle(size=32, n_train=64, n_val=32, n_test=32)
-    monkeypatch.setattr("explore.train.load_bundle", lambda spec: bundle)
-    return bundle
+# Every run in these tests trains on this tiny bundle, named so its config says so (32 px, two classes).
+TINY = register_bundle("store-jobs-tiny", make_bundle(size=32, n_train=64, n_val=32, n_test=32))
 
 
 def cfg(**kw):
-    return RunConfig(**({"model": "hw3_cnn", "epochs": 2, "data": DataSpec(image_size=64), "precision": "fp32"} | kw))
+    return RunConfig(**({"model": "hw3_cnn", "epochs": 2, "data": TINY, "precision": "fp32"} | kw))
 
 
-def test_execute_run_writes_a_complete_folder(runs_dir, tiny_data):
+def test_execute_run_writes_a_complete_folder(runs_dir):
     store = RunStore(runs_dir)
     run_id = store.create(cfg(name="first"))
     out = list(execute_run(store, run_id))
@@ -44,7 +40,7 @@ def test_execute_run_writes_a_complete_folder(runs_dir, tiny_data):
     assert not any(p.name.endswith(".tmp") for p in record.path.iterdir())
 
 
-def test_damaged_and_torn_folders_are_listed_not_crashing(runs_dir, tiny_data):
+def test_damaged_and_torn_folders_are_listed_not_crashing(runs_dir):
     store = RunStore(runs_dir)
     good = store.create(cfg())
     list(execute_run(store, good))
@@ -73,7 +69,7 @@ class Exploit:
         return (os.system, ("echo pwned > /tmp/explore-pwned",))
 
 
-def test_malicious_pickle_is_refused_without_running(runs_dir, tiny_data, tmp_path):
+def test_malicious_pickle_is_refused_without_running(runs_dir, tmp_path):
     store = RunStore(runs_dir)
     run_id = store.create(cfg())
     list(execute_run(store, run_id))
@@ -102,19 +98,15 @@ def test_read_metrics_skips_garbage(tmp_path):
     assert read_metrics(path) == [{"epoch": 1}, {"epoch": 2}]
 
 
-def test_failed_run_keeps_the_worker_alive(runs_dir, monkeypatch):
-    def broken(spec):
-        raise RuntimeError("disk on fire")
-
-    monkeypatch.setattr("explore.train.load_bundle", broken)
+def test_failed_run_keeps_the_worker_alive(runs_dir, tmp_path):
     store = RunStore(runs_dir)
-    run_id = store.create(cfg())
+    run_id = store.create(cfg(data=DataSpec(source=f"folder:{tmp_path / 'gone'}", image_size=64)))
     out = list(execute_run(store, run_id))
-    assert out[-1]["status"] == "failed" and "disk on fire" in out[-1]["message"]
+    assert out[-1]["status"] == "failed" and "DataError" in out[-1]["message"] and "gone" in out[-1]["message"]
     assert store.load(run_id).state == "failed"
 
 
-def test_queue_limit_and_order(runs_dir, tiny_data):
+def test_queue_limit_and_order(runs_dir):
     store = RunStore(runs_dir)
     manager = JobManager(max_concurrent=1, executor="thread")
     ids = manager.submit(store, [cfg(name=f"run{i}", epochs=1) for i in range(3)])
@@ -126,7 +118,7 @@ def test_queue_limit_and_order(runs_dir, tiny_data):
     assert all(store.load(i).state == "finished" for i in ids)
 
 
-def test_stop_a_running_job_and_a_queued_one(runs_dir, tiny_data):
+def test_stop_a_running_job_and_a_queued_one(runs_dir):
     store = RunStore(runs_dir)
     manager = JobManager(max_concurrent=1, executor="thread")
     first, second = manager.submit(store, [cfg(epochs=500, batch_size=8), cfg(epochs=1)])
@@ -141,7 +133,7 @@ def test_stop_a_running_job_and_a_queued_one(runs_dir, tiny_data):
     assert store.load(first).path.joinpath("weights.pt").exists()
 
 
-def test_namespaces_keep_sessions_apart(runs_dir, tiny_data):
+def test_namespaces_keep_sessions_apart(runs_dir):
     a, b = RunStore(runs_dir, namespace="student-a"), RunStore(runs_dir, namespace="student-b")
     run_id = a.create(cfg())
     assert run_id in a.run_ids() and run_id not in b.run_ids()

@@ -123,6 +123,22 @@ def test_bce_and_ce_have_the_right_outputs(bundle):
     assert make_run(cfg(model="hw3_cnn", loss="ce"), bundle=bundle).model.fc2.out_features == 2
 
 
+def test_split_train_dev_holds_out_a_seeded_share_of_each_class(bundle):
+    from explore.train import split_train_dev
+
+    kept, held = split_train_dev(bundle.train, 0.25, 3, 2)
+    for cls in (0, 1):
+        n = int((bundle.train.labels == cls).sum())
+        assert int((held.labels == cls).sum()) == round(n * 0.25)
+    assert len(kept) + len(held) == len(bundle.train)
+    both = torch.cat([kept.images, held.images]).flatten(1)
+    assert len(torch.unique(both, dim=0)) == len(torch.unique(bundle.train.images.flatten(1), dim=0))
+    again, _ = split_train_dev(bundle.train, 0.25, 3, 2)
+    assert torch.equal(again.images, kept.images)  # seeded: mismatch re-measures on the very images trained on
+    everything, none = split_train_dev(bundle.train, 0.0, 3, 2)
+    assert everything is bundle.train and none is None
+
+
 def test_train_dev_split_is_held_out(bundle):
     run = make_run(cfg(model="hw2_mlp", train_dev_fraction=0.25, epochs=1), bundle=bundle)
     records(run)

@@ -242,10 +242,9 @@ def test_partial_trains_only_the_last_block_and_the_head(bundle):
     assert not same(run.model.backbone.features[12].state_dict(), last)
 
 
-def test_frozen_run_stored_and_reloaded_is_the_same_model(bundle, runs_dir, monkeypatch):
-    monkeypatch.setattr("explore.train.load_bundle", lambda spec: bundle)
+def test_frozen_run_stored_and_reloaded_is_the_same_model(bundle, runs_dir, register_data):
     store = RunStore(runs_dir)
-    run_id = store.create(cfg("frozen", epochs=1))
+    run_id = store.create(cfg("frozen", epochs=1, data=register_data(bundle)))
     end = list(execute_run(store, run_id))[-1]
     assert end["status"] == "finished" and "feature_seconds" in end["summary"]
     model, config = store.load_model(run_id)
@@ -257,11 +256,12 @@ def test_frozen_run_stored_and_reloaded_is_the_same_model(bundle, runs_dir, monk
 
 # ----- CLI -------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["frozen", "two-phase"])
-def test_train_cli_transfer_end_to_end(bundle, runs_dir, monkeypatch, capsys, mode):
+def test_train_cli_transfer_end_to_end(bundle, runs_dir, register_data, capsys, mode):
     from explore.train_cli import cli_main
 
-    monkeypatch.setattr("explore.train.load_bundle", lambda spec: bundle)
+    source = register_data(bundle).source  # the CLI's --source names the tiny bundle, like any other source
     rc = cli_main(["--model", "mobilenet_v3_small", "--transfer", mode, "--epochs", "2", "--size", str(SIZE),
+                   "--source", source,
                    "--precision", "fp32", "--json", "--runs-dir", str(runs_dir)])
     captured = capsys.readouterr()
     final = json.loads(captured.out.strip().splitlines()[-1])

@@ -11,7 +11,7 @@ from PIL import Image
 
 pytest.importorskip("torchxrayvision", reason="pip install torchxrayvision (the xrv extra) for these tests")
 
-from explore.data import DataError, DataSpec, load_bundle  # noqa: E402
+from explore.data import DataError, DataSpec, decoded_bundle, load_bundle  # noqa: E402
 from explore.data import xrv  # noqa: E402
 from explore.data.metadata import age_group, label_table  # noqa: E402
 
@@ -21,7 +21,7 @@ from test_folder import write_dicom  # noqa: E402
 @pytest.fixture(autouse=True)
 def _cache_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("EXPLORE_CACHE_DIR", str(tmp_path / "cache"))
-    load_bundle.cache_clear()
+    decoded_bundle.cache_clear()
 
 
 def write_png(path, size=64, value=100):

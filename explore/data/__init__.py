@@ -7,6 +7,9 @@ Source strings (the same in the UI, the CLI and RunConfig):
                          adults, label 6 = PNEUMONIA, no finding = NORMAL; see data/chestmnist.py)
   "xrv:NAME:IMAGE_DIR"   a public set as downloaded (nih, rsna, padchest, chexpert), labels
                          from torchxrayvision's CSVs; split by patient (see data/xrv.py)
+  "memory:NAME"          a bundle already decoded in this process and named by `register_bundle`
+                         (notebooks and tests: a run, the job manager's threads and the analysis
+                         code load it like any other source; worker processes do not see it)
 
 `load_bundle(spec)` is the one entry point; with `spec.test_source` set, train/val come
 from `spec.source` and test from the other source (the dataset-mismatch setting).
@@ -19,10 +22,11 @@ from dataclasses import asdict, dataclass, replace
 
 from .bundle import IMAGE_SIZES, SPLITS, DataBundle, DataError, SkippedFile, Split
 from .disk_cache import load_through_disk
+from .synthetic import generate_synthetic
 
 __all__ = [
     "DataBundle", "DataError", "DataSpec", "IMAGE_SIZES", "SPLITS", "SkippedFile", "Split",
-    "load_bundle", "parse_source",
+    "load_bundle", "parse_source", "register_bundle", "unregister_bundle",
 ]
 
 
@@ -68,9 +72,9 @@ class DataSpec:
 def parse_source(source: str) -> tuple[str, str]:
     """'folder:/data/xray' -> ('folder', '/data/xray'); 'synthetic' -> ('synthetic', '')."""
     kind, _, arg = source.partition(":")
-    if kind not in ("synthetic", "folder", "medmnist", "xrv"):
-        raise DataError(f"unknown data source {source!r}: use synthetic, folder:PATH, medmnist:FILE.npz "
-                        f"or xrv:NAME:IMAGE_DIR")
+    if kind not in ("synthetic", "folder", "medmnist", "xrv", "memory"):
+        raise DataError(f"unknown data source {source!r}: use synthetic, folder:PATH, medmnist:FILE.npz, "
+                        f"xrv:NAME:IMAGE_DIR or memory:NAME")
     if kind != "synthetic" and not arg:
         raise DataError(f"data source {source!r} needs a path after the colon")
     return kind, arg
@@ -79,9 +83,9 @@ def parse_source(source: str) -> tuple[str, str]:
 def _load_one(source: str, spec: DataSpec, for_test: bool = False) -> DataBundle:
     """Load one source. As a test source, a flat PATH/CLASS/* folder gives all its images to test."""
     kind, arg = parse_source(source)
+    # The file loaders import only when their source is used: they bring PIL, pydicom or pandas, which a
+    # process training on the built-in synthetic set (every worker, by default) never needs to load.
     if kind == "synthetic":
-        from .synthetic import generate_synthetic
-
         return generate_synthetic(image_size=spec.image_size, seed=spec.seed, num_classes=spec.num_classes,
                                   findings=spec.findings, **dict(spec.synthetic))
     if kind == "folder":
@@ -125,12 +129,48 @@ def _mix(train_bundle: DataBundle, test_bundle: DataBundle) -> DataBundle:
     )
 
 
-@functools.lru_cache(maxsize=4)
+# Bundles named by register_bundle: immutable once registered (runs copy them to the device), so sharing
+# them between the threads of one process is safe, like the decoded bundles' cache.
+_REGISTERED: dict[str, DataBundle] = {}
+
+
+def register_bundle(name: str, bundle: DataBundle) -> DataSpec:
+    """Make a decoded bundle loadable as source "memory:NAME" and return the DataSpec that names it, with
+    the bundle's own image size and number of classes: a config built on it says what it trains on."""
+    if not name or ":" in name:
+        raise DataError(f"a registered bundle needs a name without ':'; got {name!r}")
+    _REGISTERED[name] = bundle
+    return DataSpec(source=f"memory:{name}", image_size=bundle.image_size, num_classes=len(bundle.classes))
+
+
+def unregister_bundle(name: str) -> None:
+    _REGISTERED.pop(name, None)
+
+
 def load_bundle(spec: DataSpec) -> DataBundle:
     """Decode a dataset once per process; every session and run shares the (read-only) result.
 
     Callers must never modify the returned tensors in place (training copies them to the device).
     """
+    kind, name = parse_source(spec.source)
+    if kind == "memory":
+        return _registered(name, spec)
+    return decoded_bundle(spec)
+
+
+def _registered(name: str, spec: DataSpec) -> DataBundle:
+    if name not in _REGISTERED:
+        raise DataError(f"no bundle is registered as {name!r} in this process (explore.data.register_bundle)")
+    bundle = _REGISTERED[name]
+    if bundle.image_size != spec.image_size:
+        raise DataError(f"the bundle registered as {name!r} holds {bundle.image_size} px images, "
+                        f"not the {spec.image_size} px the config asks for")
+    return bundle
+
+
+@functools.lru_cache(maxsize=4)
+def decoded_bundle(spec: DataSpec) -> DataBundle:
+    """A file or synthetic source decoded once per process (and once per machine, through the disk cache)."""
     if spec.image_size not in IMAGE_SIZES:
         raise DataError(f"image size {spec.image_size} is not one of {IMAGE_SIZES}")
     # Training workers are separate processes: a bundle decoded by one is read back from disk by the next.
