@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from explore import multilabel as ML
 from explore.config import RunConfig
-from explore.data import DataBundle, DataSpec, Split, load_bundle
+from explore.data import DataBundle, DataSpec, Split, decoded_bundle, load_bundle
 from explore.data.disk_cache import bundle_from_payload, bundle_to_payload
 from explore.data.synthetic import FINDINGS, generate_synthetic
 from explore.models import MODELS, build_model
@@ -251,7 +251,7 @@ def test_chestmnist_keeps_every_film_and_its_14_findings(tmp_path):
     from test_chestmnist import write_chestmnist
 
     path = write_chestmnist(tmp_path / "chestmnist.npz")
-    load_bundle.cache_clear()
+    decoded_bundle.cache_clear()
     bundle = load_bundle(DataSpec(source=f"medmnist:{path}", image_size=64, findings=True))
     assert bundle.finding_names == C.FINDINGS and len(C.FINDINGS) == 14
     train = bundle.train
@@ -268,7 +268,7 @@ def test_nih_keeps_its_14_findings_from_the_finding_labels(tmp_path, monkeypatch
     from test_xrv import nih_table, pick_nih, write_png
 
     monkeypatch.setenv("EXPLORE_CACHE_DIR", str(tmp_path / "cache"))
-    load_bundle.cache_clear()
+    decoded_bundle.cache_clear()
     table = nih_table()
     images, other, _ = pick_nih(table)
     root = tmp_path / "nih"
