@@ -104,3 +104,21 @@ def test_chunked_sensitivity_equals_the_whole_batch_at_once(monkeypatch):
     chunked = R.map_sensitivity(explainer, x, "gradcam", False, target, radius=0.05, n_perturb=3, seed=0)
     assert bool((whole > 0).all())
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-4)
+
+
+def test_bench_times_val_and_test_and_the_work_on_one_thread():
+    import dataclasses
+
+    from explore import bench
+
+    settings = dataclasses.replace(bench.Settings.make(quick=True, device="cpu"), attribution_size=SIZE,
+                                   attribution_images=4, repeats=1)
+    threads = torch.get_num_threads()
+    result = bench.bench_explain(settings)
+    assert torch.get_num_threads() == threads  # the one-thread run gives the threads back
+    assert result["goal_met"] is None  # the goal is stated for 16 images at 128 px only
+    assert result["val_and_test_cpu_seconds_one_thread"]["median"] > 0
+    assert result["val_and_test_quiet_estimate_seconds"] == round(
+        result["val_and_test_cpu_seconds_one_thread"]["median"] / result["threads"], 2)
+    text = "\n".join(bench.FORMATTERS["explain"](result))
+    assert "val and test" in text and "one thread" in text
