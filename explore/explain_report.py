@@ -33,6 +33,7 @@ the page's background thread and the tests all drain the same generator.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import json
@@ -46,7 +47,6 @@ from typing import Iterator
 import numpy as np
 import torch
 from captum.metrics import infidelity, sensitivity_max
-from torchvision.transforms.functional import gaussian_blur
 
 from explore import attribution as attr
 from explore.attribution import Explainer
@@ -120,17 +120,77 @@ class ReportSettings:
 
 
 # ----------------------------------------------------------------------------- scores and replacements
-def class_probability(explainer: Explainer, x: torch.Tensor, target: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+# Forward passes run in chunks of this many pixels (8 images at 128 px). The course CNN's first conv
+# layer writes 32 full-size channels (2 MiB per 128 px image); 8 images' worth stays in the CPU's
+# 32 MiB L3 cache, where a batch of 64 or 144 images ran 2–3× slower per image (BENCHMARKS.md §11).
+CHUNK_PIXELS = 8 * 128 * 128
+
+
+def chunk_size(explainer: Explainer) -> int:
+    """Images per forward pass for this explainer's image size."""
+    return max(1, CHUNK_PIXELS // (explainer.image_size * explainer.image_size))
+
+
+def forward_only_model(explainer: Explainer) -> torch.nn.Module:
+    """Class log-odds from a copy of the model with in-place activations, for passes without gradients.
+
+    The attribution copy turns in-place activations off (Captum's hooks hold the tensors they would
+    overwrite); a forward-only pass has no hooks, and in place halves the memory traffic of the course
+    CNN's largest layers. The copy is used only if it scores a probe batch exactly as the attribution
+    copy does and leaves its input untouched (a model that reuses an activation's input would not).
+    """
+    model = copy.deepcopy(explainer.model)
+    for module in model.modules():
+        if isinstance(getattr(module, "inplace", None), bool):
+            module.inplace = True
+    fast = attr.ClassLogOdds(model)
+    probe_images = torch.randint(0, 256, (2, 1, explainer.image_size, explainer.image_size), dtype=torch.uint8,
+                                 generator=torch.Generator().manual_seed(0))
+    probe = explainer.inputs(probe_images)
+    untouched = probe.clone()
+    with torch.inference_mode():
+        same = torch.equal(fast(probe), explainer.scorer(untouched)) and torch.equal(probe, untouched)
+    return fast if same else explainer.scorer
+
+
+class Scorer:
+    """The model's class log-odds N×K for passes without gradients (the curves, infidelity): in
+    cache-sized chunks, under inference mode, with in-place activations where that is safe."""
+
+    def __init__(self, explainer: Explainer):
+        self.chunk, self.channels_last = chunk_size(explainer), explainer.channels_last
+        self.model = forward_only_model(explainer)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(x), self.chunk):
+                chunk = x[start:start + self.chunk]
+                if self.channels_last:
+                    chunk = chunk.contiguous(memory_format=torch.channels_last)
+                out.append(self.model(chunk))
+        return torch.cat(out)
+
+
+def class_probability(scorer: Scorer, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The model's probability for each image's target class: sigmoid of its log-odds (p = σ(log p/(1−p)))."""
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            chunk = x[start:start + batch_size]
-            if explainer.channels_last:
-                chunk = chunk.contiguous(memory_format=torch.channels_last)
-            log_odds = explainer.scorer(chunk)
-            out.append(torch.sigmoid(log_odds.gather(1, target[start:start + batch_size].view(-1, 1)).squeeze(1)))
-    return torch.cat(out).cpu()
+    return torch.sigmoid(scorer(x).gather(1, target.view(-1, 1)).squeeze(1)).cpu()
+
+
+class RememberedScorer:
+    """A Scorer that remembers what it computed: the empty map's infidelity and every method's are
+    computed under the same noise (same seed), so their noisy copies are scored once, not once per map."""
+
+    def __init__(self, scorer: Scorer):
+        self.scorer, self.memory = scorer, []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for seen, scores in self.memory:
+            if seen.shape == x.shape and torch.equal(seen, x):
+                return scores
+        scores = self.scorer(x)
+        self.memory.append((x, scores))
+        return scores
 
 
 def replaced_images(x: torch.Tensor, replacement: str) -> torch.Tensor:
@@ -140,7 +200,19 @@ def replaced_images(x: torch.Tensor, replacement: str) -> torch.Tensor:
     sigma = max(1.0, x.shape[-1] / 16)
     kernel = int(2 * round(3 * sigma) + 1)  # ±3σ
     kernel = min(kernel, 2 * ((x.shape[-1] - 1) // 2) + 1)  # reflect padding needs kernel < 2 × side
-    return gaussian_blur(x.contiguous(), [kernel, kernel], [sigma, sigma])
+    return separable_blur(x, kernel, sigma)
+
+
+def separable_blur(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
+    """torchvision's `gaussian_blur` (reflect padding), as two 1-D passes instead of one k×k kernel:
+    the same image (to rounding) with about k/2 times fewer multiply-adds (k = 49 at 128 px)."""
+    offsets = torch.arange(kernel, dtype=x.dtype, device=x.device) - kernel // 2
+    weights = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
+    weights = weights / weights.sum()
+    channels, half = x.shape[1], kernel // 2
+    padded = torch.nn.functional.pad(x.contiguous(), [half, half, half, half], mode="reflect")
+    rows = torch.nn.functional.conv2d(padded, weights.view(1, 1, 1, -1).expand(channels, 1, 1, kernel), groups=channels)
+    return torch.nn.functional.conv2d(rows, weights.view(1, 1, -1, 1).expand(channels, 1, kernel, 1), groups=channels)
 
 
 def pixel_order(attribution: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -150,7 +222,7 @@ def pixel_order(attribution: torch.Tensor, generator: torch.Generator) -> torch.
     return shuffle[torch.argsort(-flat[shuffle], stable=True)]
 
 
-def perturbation_curves(explainer: Explainer, x: torch.Tensor, target: torch.Tensor, orders: torch.Tensor,
+def perturbation_curves(scorer: Scorer, x: torch.Tensor, target: torch.Tensor, orders: torch.Tensor,
                         fill: torch.Tensor, ends: tuple[torch.Tensor, torch.Tensor], n_steps: int) -> dict[str, torch.Tensor]:
     """Deletion and insertion curves, N×(n_steps+1) probabilities, for pixel orders N×P (first = first moved).
 
@@ -167,8 +239,8 @@ def perturbation_curves(explainer: Explainer, x: torch.Tensor, target: torch.Ten
     moved = (ranks.unsqueeze(1) < counts.view(1, -1, 1)).view(n, n_steps - 1, 1, height, width).to(x.device)
     original, filled = x.unsqueeze(1), fill.unsqueeze(1)
     repeated = target.repeat_interleave(n_steps - 1)
-    deleted = class_probability(explainer, torch.where(moved, filled, original).flatten(0, 1), repeated)
-    inserted = class_probability(explainer, torch.where(moved, original, filled).flatten(0, 1), repeated)
+    deleted = class_probability(scorer, torch.where(moved, filled, original).flatten(0, 1), repeated)
+    inserted = class_probability(scorer, torch.where(moved, original, filled).flatten(0, 1), repeated)
     p_image, p_fill = (e.view(n, 1) for e in ends)
     return {"deletion": torch.cat([p_image, deleted.view(n, -1), p_fill], dim=1),
             "insertion": torch.cat([p_fill, inserted.view(n, -1), p_image], dim=1)}
@@ -187,9 +259,13 @@ def _noise_generator(seed: int, device) -> torch.Generator:
 
 def map_function(explainer: Explainer, method: str, smooth: bool):
     """(model inputs, target) → attribution N×C×H×W, the form Captum's metrics call."""
+    size = chunk_size(explainer)
+
     def explain(inputs, target):
         x = inputs[0] if isinstance(inputs, tuple) else inputs
-        maps = attr.attribute_inputs(explainer, x, method, target, smooth).detach()
+        target = torch.as_tensor(target, device=x.device).reshape(-1).expand(len(x))
+        maps = torch.cat([attr.attribute_inputs(explainer, x[s:s + size], method, target[s:s + size], smooth).detach()
+                          for s in range(0, len(x), size)])  # cache-sized chunks, as `log_odds`
         return (maps,) if isinstance(inputs, tuple) else maps  # Captum iterates over what it passed in
     return explain
 
@@ -223,21 +299,23 @@ def _gaussian_perturbation(sigma: float, seed: int, device):
 
 
 def map_infidelity(explainer: Explainer, x: torch.Tensor, maps: torch.Tensor, target: torch.Tensor, sigma: float,
-                   n_perturb: int, seed: int) -> torch.Tensor:
-    """Captum's infidelity per image, normalised (the map's scale fitted): E[(β·map·I − Δlog-odds)²]."""
+                   n_perturb: int, seed: int, scorer: Scorer | RememberedScorer | None = None) -> torch.Tensor:
+    """Captum's infidelity per image, normalised (the map's scale fitted): E[(β·map·I − Δlog-odds)²].
+
+    `scorer`: a RememberedScorer shared with the other maps of the same images (same noise, scored once)."""
     attributions = maps.to(x.device).view_as(x).float()
-    return infidelity(explainer.scorer, _gaussian_perturbation(sigma, seed, x.device), x, attributions,
-                      target=target, n_perturb_samples=n_perturb, normalize=True).cpu()
+    return infidelity(scorer or Scorer(explainer), _gaussian_perturbation(sigma, seed, x.device), x,
+                      attributions, target=target, n_perturb_samples=n_perturb, normalize=True).cpu()
 
 
 def empty_map_infidelity(explainer: Explainer, x: torch.Tensor, target: torch.Tensor, sigma: float, n_perturb: int,
-                         seed: int) -> torch.Tensor:
+                         seed: int, scorer: Scorer | RememberedScorer | None = None) -> torch.Tensor:
     """Infidelity of an all-zero map under the same noise: E[Δlog-odds²], the worst a map can do.
 
     A map's infidelity divided by this is the share of the score's change it fails to predict.
     """
-    return infidelity(explainer.scorer, _gaussian_perturbation(sigma, seed, x.device), x, torch.zeros_like(x),
-                      target=target, n_perturb_samples=n_perturb, normalize=False).cpu()
+    return infidelity(scorer or Scorer(explainer), _gaussian_perturbation(sigma, seed, x.device), x,
+                      torch.zeros_like(x), target=target, n_perturb_samples=n_perturb, normalize=False).cpu()
 
 
 # ----------------------------------------------------------------------------- ground truth
@@ -275,7 +353,8 @@ def disease_maps(explainer: Explainer, images: torch.Tensor, maps: torch.Tensor,
     if len(redo) == 0:
         return maps
     maps = maps.clone()
-    maps[redo] = attr.attribute(explainer, images[redo], method, "positive", smooth, with_probs=False).maps
+    maps[redo] = attr.attribute(explainer, images[redo], method, "positive", smooth, batch_size=chunk_size(explainer),
+                                with_probs=False).maps
     return maps
 
 
@@ -287,7 +366,7 @@ def model_randomisation_spearman(explainer: Explainer, images: torch.Tensor, map
     layers = [name for name, _ in attr.parameter_layers(explainer.model, example)]
     # seed + 1: a model built from the same seed as the training run would otherwise get its initial weights back
     random_maps = attr.attribute(attr.randomised_copy(explainer, layers, seed + 1), images, method, target, smooth,
-                                 with_probs=False).maps
+                                 batch_size=chunk_size(explainer), with_probs=False).maps
     return float(np.mean([attr.spearman(a.abs(), b.abs()) for a, b in zip(maps, random_maps)]))
 
 
@@ -296,7 +375,8 @@ def data_randomisation_spearman(permuted: Explainer | None, images: torch.Tensor
     """Mean Spearman of |map| against the map of the same architecture trained on permuted labels."""
     if permuted is None or (method == "gradcam" and permuted.gradcam_layer is None):
         return None
-    other = attr.attribute(permuted, images, method, target, smooth, with_probs=False).maps
+    other = attr.attribute(permuted, images, method, target, smooth, batch_size=chunk_size(permuted),
+                           with_probs=False).maps
     return float(np.mean([attr.spearman(a.abs(), b.abs()) for a, b in zip(maps, other)]))
 
 
@@ -331,20 +411,24 @@ class SplitSample:
     ends: tuple[torch.Tensor, torch.Tensor]  # p(image), p(fill)
     random_curves: dict[str, torch.Tensor]
     empty_infidelity: torch.Tensor
+    scorer: Scorer  # forward passes without gradients
+    remembered: RememberedScorer  # the noisy copies' scores, shared by every method's infidelity
 
 
-def sample_split(explainer: Explainer, split: Split, settings: ReportSettings) -> SplitSample:
+def sample_split(explainer: Explainer, split: Split, settings: ReportSettings, scorer: Scorer) -> SplitSample:
     index = attr.balanced_sample(split.labels, settings.n_images, settings.seed)
     images = split.images[index]
     x = explainer.inputs(images)
     target = attr.resolve_target(explainer, x, settings.target)
     fill = replaced_images(x, settings.replacement)
-    ends = (class_probability(explainer, x, target), class_probability(explainer, fill, target))
+    ends = (class_probability(scorer, x, target), class_probability(scorer, fill, target))
     generator = torch.Generator().manual_seed(settings.seed)
     random_orders = torch.stack([torch.randperm(x.shape[-1] * x.shape[-2], generator=generator) for _ in x])
-    random_curves = perturbation_curves(explainer, x, target, random_orders, fill, ends, settings.n_steps)
-    empty = empty_map_infidelity(explainer, x, target, settings.infidelity_sigma, settings.n_perturb, settings.seed)
-    return SplitSample(split, index, images, x, target, fill, ends, random_curves, empty)
+    random_curves = perturbation_curves(scorer, x, target, random_orders, fill, ends, settings.n_steps)
+    remembered = RememberedScorer(scorer)
+    empty = empty_map_infidelity(explainer, x, target, settings.infidelity_sigma, settings.n_perturb, settings.seed,
+                                 remembered)
+    return SplitSample(split, index, images, x, target, fill, ends, random_curves, empty, scorer, remembered)
 
 
 def report_steps(explainer: Explainer, splits: dict[str, Split], settings: ReportSettings = ReportSettings(),
@@ -361,8 +445,9 @@ def report_steps(explainer: Explainer, splits: dict[str, Split], settings: Repor
     report = {"settings": asdict(settings), "key": settings.key(), "replacement": REPLACEMENTS[settings.replacement],
               "noise": noise_statement(settings), "target": settings.target, "splits": {},
               "data_randomisation": permuted is not None}
+    scorer = Scorer(explainer)
     for split_name, split in splits.items():
-        sample = sample_split(explainer, split, settings)
+        sample = sample_split(explainer, split, settings, scorer)
         done += 1
         yield Progress(done, total, f"{split_name}: random-order curves")
         entry = {"n_images": len(sample.index), "index": sample.index.tolist(),
@@ -386,10 +471,11 @@ def _method_steps(explainer: Explainer, sample: SplitSample, name: str, settings
     started = time.perf_counter()
     method, smooth = CARD_METHODS[name]
     images, x, target = sample.images, sample.x, sample.target
-    maps = attr.attribute(explainer, images, method, target, smooth, with_probs=False).maps
+    maps = attr.attribute(explainer, images, method, target, smooth, batch_size=chunk_size(explainer),
+                          with_probs=False).maps
     generator = torch.Generator().manual_seed(settings.seed + 1)
     orders = torch.stack([pixel_order(m, generator) for m in maps])
-    curves = perturbation_curves(explainer, x, target, orders, sample.fill, sample.ends, settings.n_steps)
+    curves = perturbation_curves(sample.scorer, x, target, orders, sample.fill, sample.ends, settings.n_steps)
     deletion, insertion = curve_auc(curves["deletion"]), curve_auc(curves["insertion"])
     random_deletion = curve_auc(sample.random_curves["deletion"])
     random_insertion = curve_auc(sample.random_curves["insertion"])
@@ -404,7 +490,7 @@ def _method_steps(explainer: Explainer, sample: SplitSample, name: str, settings
     sensitivity = map_sensitivity(explainer, x, method, smooth, target, settings.sensitivity_radius,
                                   settings.n_perturb, settings.seed)
     infidelity_ = map_infidelity(explainer, x, maps, target, settings.infidelity_sigma, settings.n_perturb,
-                                 settings.seed)
+                                 settings.seed, sample.remembered)
     result.update({"sensitivity_max": _mean(sensitivity), "infidelity": _mean(infidelity_),
                    "infidelity_empty_map": _mean(sample.empty_infidelity)})
     result["per_image"].update({"sensitivity_max": _rounded(sensitivity), "infidelity": _rounded(infidelity_)})
