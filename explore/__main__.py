@@ -1,3 +1,3 @@
-from explore.cli import main
+from explore.cli.main import main
 
 raise SystemExit(main())

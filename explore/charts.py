@@ -18,9 +18,9 @@ from typing import Iterable, Mapping
 import altair as alt
 import pandas as pd
 
-from explore.classview import _axis_floor
-from explore.compare import LOG_SCALE_SETTINGS, RESULT_METRICS, SPLITS, SWEEP_SETTINGS
-from explore.report import LR_METRIC, SPLIT_COLOURS, SPLIT_LABELS, SPLIT_ORDER
+from explore.insight.classview import _axis_floor
+from explore.insight.compare import LOG_SCALE_SETTINGS, RESULT_METRICS, SPLITS, SWEEP_SETTINGS
+from explore.insight.report import LR_METRIC, SPLIT_COLOURS, SPLIT_LABELS, SPLIT_ORDER
 
 
 def _split_colours(keys: Iterable[str]) -> list[str]:
@@ -137,7 +137,7 @@ def confusion(frame: pd.DataFrame, title: str) -> alt.Chart:
                                      autosize=alt.AutoSizeParams(type="pad"))
 
 
-# ----- multi-label runs: one line per finding (explore/multilabel_report.py makes the tables) -----------
+# ----- multi-label runs: one line per finding (explore/insight/multilabel_report.py makes the tables) -----------
 def finding_auc(frame: pd.DataFrame, height: int = 260) -> alt.Chart:
     """AUC per epoch, colour = finding. One run: line style = split; several runs: line style = run."""
     several_runs = frame["run"].nunique() > 1
@@ -230,7 +230,7 @@ def lr_range_test(result: dict) -> alt.Chart:
     return alt.layer(*layers).properties(height=260, title="learning-rate range test")
 
 
-# ----- ANN vs CNN (explore.analysis) -------------------------------------------------------------
+# ----- ANN vs CNN (explore.insight.analysis) -------------------------------------------------------------
 def model_cost(totals: pd.DataFrame, column: str = "params", log: bool = False) -> alt.Chart:
     """Horizontal bars of parameters or MACs per model; a log axis shows small models too."""
     titles = {"params": "parameters", "macs": "multiply-accumulates for one image",
@@ -366,7 +366,7 @@ def label_shares(rows: list[dict], classes: list[str], axis_title: str) -> alt.C
     ).properties(height=240)
 
 
-# ----- the Mismatch page (explore.mismatch, explore.adapt) ---------------------------------------
+# ----- the Mismatch page (explore.insight.mismatch, explore.insight.adapt) ---------------------------------------
 def error_components(components: list[dict]) -> alt.Chart:
     """The error decomposition's components (`mismatch.decompose_run(...)["components"]`): red adds error."""
     frame = pd.DataFrame([{"component": c["name"], "value": c["value"]} for c in components])
@@ -403,7 +403,7 @@ def adaptation(frame: pd.DataFrame) -> alt.Chart:
     ).properties(width=170, height=220)
 
 
-# ----- the Saliency page (explore.attribution, explore.explain_report, explore.roar) -------------
+# ----- the Saliency page (explore.insight.attribution, explore.insight.explain_report, explore.insight.roar) -------------
 def region_shares(rows: list[dict], method_titles: Mapping[str, str]) -> alt.Chart:
     """Share of positive attribution inside each region, per method and split (`attribution` share rows)."""
     frame = pd.DataFrame([r for r in rows if r["share"] is not None])

@@ -14,7 +14,7 @@ app passes in), so the library stays free of Streamlit:
   EXPLORE_MAX_QUEUED_PER_SESSION   shared server or demo: runs one session may have queued or
                              training at once (default 8), so one student cannot fill the queue
   EXPLORE_RAY_ADDRESS=auto|HOST:PORT   train runs on a Ray cluster instead of local worker
-                             processes (explore.ray_backend; needs `pip install "explore[cluster]"`)
+                             processes (explore.training.ray_backend; needs `pip install "explore[cluster]"`)
   EXPLORE_RAY_SHIP_MB        a folder or npz whose files total at most this many MB (default 256)
                              is decoded here and sent to the Ray workers through the object store
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
-# `RunConfig` in the annotations below is explore.config.RunConfig, named but not imported (not even for type
+# `RunConfig` in the annotations below is explore.training.config.RunConfig, named but not imported (not even for type
 # checkers): settings sits below every other module, and every module may ask it about the environment.
 
 TRUE = ("1", "true", "yes", "on")

@@ -1,7 +1,7 @@
 """Which code produced a run: the package version plus the git commit, stamped into summary.json.
 
 A leaf module (it imports nothing else from explore/ but the version string), so the run machinery
-(explore.jobs) can stamp it without importing the CLI that explore.reproduce needs.
+(explore.training.jobs) can stamp it without importing the CLI that explore.training.reproduce needs.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Mismatch page's "adapt the model to the new hospital" section (explore/adapt.py does the work).
+"""The Mismatch page's "adapt the model to the new hospital" section (explore/insight/adapt.py does the work).
 
 Not a page of its own; pages/mismatch.py calls `show_adaptation` after its other sections.
 """
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from explore import adapt as ad
+from explore.insight import adapt as ad
 from explore import charts
-from explore.attribution import LoadedRun
+from explore.insight.attribution import LoadedRun
 
 TITLES = {"bn": "AdaBN (BatchNorm statistics of the new hospital)", "finetune": "Few-shot fine-tuning",
           "histmatch": "Histogram matching to the training images"}

@@ -3,9 +3,10 @@
 The sections after the cost tables live in pages/architectures_measure.py and architectures_trained.py."""
 import streamlit as st
 
-from explore import analysis, charts
+from explore.insight import analysis
+from explore import charts
 from explore.device import Placement
-from explore.models import MODELS
+from explore.models.registry import MODELS
 from pages.architectures_measure import batch_size_timing, measured_here
 from pages.architectures_trained import shift_test, trained_results
 

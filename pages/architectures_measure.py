@@ -4,7 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from explore import analysis, charts
+from explore.insight import analysis
+from explore import charts
 from pages import common
 
 

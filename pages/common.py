@@ -11,10 +11,10 @@ import uuid
 import streamlit as st
 
 from explore.data import DataError, DataSpec, load_bundle
-from explore.jobs import JobManager
-from explore.ray_backend import ClusterError
+from explore.training.jobs import JobManager
+from explore.training.ray_backend import ClusterError
 from explore.settings import AppSettings, NotAllowed, demo_small, load_settings, runs_dir
-from explore.store import RunStore, StoreError
+from explore.training.store import RunStore, StoreError
 
 
 def _run_through_the_frame() -> None:
@@ -125,7 +125,7 @@ def current_data_spec() -> DataSpec:
 def loaded_run(root: str, run_id: str):
     """A finished run ready for analysis (model, input pipeline, predictions, data), shared by the Saliency
     and Mismatch pages. Cached per runs folder and run id; its data comes from `cached_bundle`."""
-    from explore.attribution import load_run  # captum: loaded when a student first opens an analysis page
+    from explore.insight.attribution import load_run  # captum: loaded when a student first opens an analysis page
 
     store = RunStore(root)
     return load_run(store, run_id, bundle=cached_bundle(store.load(run_id).config.data))

@@ -3,7 +3,8 @@
 The tabs live in pages/compare_groups.py (sweeps, repeats) and pages/compare_files.py (saving, deleting)."""
 import streamlit as st
 
-from explore import charts, compare, report
+from explore import charts
+from explore.insight import compare, report
 from pages import multitask_section
 from pages.common import run_store, status_badge
 from pages.compare_files import chart_downloads, export_and_delete

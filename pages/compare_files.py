@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explore import charts, compare
+from explore import charts
+from explore.insight import compare
 from pages import common
 
 

@@ -5,7 +5,8 @@ import time
 
 import streamlit as st
 
-from explore import charts, compare
+from explore import charts
+from explore.insight import compare
 from pages import common
 from pages.compare_files import chart_downloads
 

@@ -6,7 +6,7 @@ The sections live in pages/data_source.py, data_knobs.py, data_look.py and real_
 """
 import streamlit as st
 
-from explore import report
+from explore.insight import report
 from explore.data import IMAGE_SIZES, DataError, DataSpec
 from explore.settings import NotAllowed, check_source_allowed
 from pages.common import app_settings, cached_bundle, current_data_spec, default_data_spec

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import streamlit as st
 
-from explore import report
+from explore.insight import report
 from explore.data import DataSpec
 from pages import multitask_section
 from explore.data.synthetic import (KNOBS, SHIFT_KNOBS, changed_knobs, render_patient_at_sites, same_sites,

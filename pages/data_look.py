@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explore import charts, report
+from explore import charts
+from explore.insight import report
 from explore.data import DataError, stats
 from pages.real_data import show_label_vs_metadata, show_selection
 

@@ -1,13 +1,14 @@
 """The instructor's class view (for the projector): every student's finished runs, the queue, the server.
 
 Reachable only as /instructor?token=<EXPLORE_INSTRUCTOR_TOKEN>; never listed in the navigation.
-Everything shown comes from explore.classview and the job manager's overview().
+Everything shown comes from explore.insight.classview and the job manager's overview().
 """
 import streamlit as st
 
-from explore import charts, classview
+from explore import charts
+from explore.insight import classview
 from explore.settings import instructor_allowed
-from explore.store import default_runs_root
+from explore.training.store import default_runs_root
 from pages.common import app_settings, job_manager
 
 REFRESH_SECONDS = 3

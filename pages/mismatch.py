@@ -2,12 +2,12 @@
 import pandas as pd
 import streamlit as st
 
-from explore import attribution as attr
+from explore.insight import attribution as attr
 from explore import charts
-from explore import mismatch as mm
+from explore.insight import mismatch as mm
 from explore.data import DataError
 from explore.device import Placement
-from explore.store import StoreError
+from explore.training.store import StoreError
 from pages.adapt_section import show_adaptation
 from pages.common import loaded_run, run_store
 from pages.mismatch_error import error_kinds

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from explore import mismatch as mm
+from explore.insight import mismatch as mm
 from pages import common
 
 

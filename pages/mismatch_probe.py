@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from explore import charts
-from explore import mismatch as mm
+from explore.insight import mismatch as mm
 from pages.common import loaded_run
 
 

@@ -1,15 +1,16 @@
 """The Train page's multi-task parts: the custom run's findings, per-label AUC curves and results.
 
-Thin Streamlit code over explore/multilabel.py and explore/multilabel_report.py (pages/train.py
+Thin Streamlit code over explore/training/multilabel.py and explore/insight/multilabel_report.py (pages/train.py
 calls these through a few one-line hooks).
 """
 from dataclasses import replace
 
 import streamlit as st
 
-from explore import charts, multilabel
-from explore import multilabel_report as mlr
-from explore.store import StoreError
+from explore import charts
+from explore.training import multilabel
+from explore.insight import multilabel_report as mlr
+from explore.training.store import StoreError
 
 LABEL_SHARES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 TABLE_FORMAT = {name: st.column_config.NumberColumn(format="percent") for name in ("sensitivity", "specificity")}

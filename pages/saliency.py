@@ -1,10 +1,10 @@
 """Saliency: where does a trained model look, on its own hospital's X-rays (val) and on another's (test)?"""
 import streamlit as st
 
-from explore import attribution as attr
+from explore.insight import attribution as attr
 from explore.data import DataError
 from explore.device import Placement
-from explore.store import StoreError
+from explore.training.store import StoreError
 from pages.common import loaded_run, run_store
 from pages.saliency_browse import browse_maps
 from pages.saliency_card import report_card_section

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explore import attribution as attr
-from explore.browse import BROWSE_TITLES, confusion
+from explore.insight import attribution as attr
+from explore.insight.browse import BROWSE_TITLES, confusion
 from pages.common import loaded_run
 
 

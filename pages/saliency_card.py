@@ -1,7 +1,7 @@
 """The Saliency page's report card: which attribution maps deserve trust on this run (not a page itself).
 Remove-and-retrain, shown under it, is in pages/saliency_roar.py.
 
-Computed on demand in a background thread (explore.explain_report.ReportJob), cached as JSON in
+Computed on demand in a background thread (explore.insight.explain_report.ReportJob), cached as JSON in
 the run folder, shown from that file on every later visit.
 """
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from explore import attribution as attr
+from explore.insight import attribution as attr
 from explore import charts
-from explore import explain_report as report_card
-from explore.store import RunStore, StoreError
+from explore.insight import explain_report as report_card
+from explore.training.store import RunStore, StoreError
 from pages.common import job_manager
 from pages.saliency_roar import roar_section
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from explore import charts, roar
-from explore.store import RunStore
+from explore import charts
+from explore.insight import roar
+from explore.training.store import RunStore
 from pages import common
 
 

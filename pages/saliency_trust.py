@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from explore import attribution as attr
+from explore.insight import attribution as attr
 from explore import charts
 from pages.common import loaded_run
 

@@ -6,7 +6,7 @@ pages or refreshing the browser never stops or restarts it. The run ids sit in t
 """
 import streamlit as st
 
-from explore import report
+from explore.insight import report
 from pages.common import app_settings, current_data_spec, job_manager, run_store
 from pages.train_custom import custom_config
 from pages.train_form import preset_configs, shared_config, submit

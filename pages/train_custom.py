@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explore import choices
-from explore.config import RunConfig
-from explore.models import MODELS, TRANSFER_MODELS
+from explore.training import choices
+from explore.training.config import RunConfig
+from explore.models.registry import MODELS, TRANSFER_MODELS
 from pages import multitask_section
 from pages.train_lr_finder import lr_finder_panel
 
@@ -112,7 +112,7 @@ def transfer_options(model: str) -> dict:
     weights are here (if not, the run trains from random weights and is named '(random init)')."""
     if model not in TRANSFER_MODELS:
         return {}
-    from explore import transfer  # torchvision's backbones: loaded when a student first picks one
+    from explore.training import transfer  # torchvision's backbones: loaded when a student first picks one
 
     mode = st.selectbox("Transfer mode", transfer.MODES, index=1, format_func=transfer.MODE_TITLES.get,
                         key="transfer_mode")
@@ -127,6 +127,6 @@ def transfer_options(model: str) -> dict:
 @st.cache_data(ttl=60, show_spinner=False)
 def weights_status(model: str) -> dict:
     """Cached for a minute: the network check takes up to two seconds and the form reruns on every click."""
-    from explore import transfer
+    from explore.training import transfer
 
     return transfer.weights_status(model, check_network=True)

@@ -6,11 +6,11 @@ from dataclasses import replace
 import streamlit as st
 import torch
 
-from explore import report
-from explore.config import RunConfig
-from explore.models import TRANSFER_MODELS
-from explore.presets import PRESETS, at_image_size
-from explore.share import decode_config
+from explore.insight import report
+from explore.training.config import RunConfig
+from explore.models.registry import TRANSFER_MODELS
+from explore.training.presets import PRESETS, at_image_size
+from explore.training.share import decode_config
 from pages import common
 
 
@@ -62,7 +62,7 @@ def honest_weights(configs: list[RunConfig]) -> list[RunConfig]:
     """Transfer runs without their ImageNet weights are renamed '(random init)' before they are queued."""
     if not any(c.model in TRANSFER_MODELS for c in configs):
         return configs
-    from explore.transfer import honest_configs
+    from explore.training.transfer import honest_configs
 
     configs, messages = honest_configs(configs)
     for message in messages:

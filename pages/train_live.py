@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explore import charts, report
-from explore.store import RunStore
+from explore import charts
+from explore.insight import report
+from explore.training.store import RunStore
 from pages import multitask_section
 from pages.common import status_badge
 

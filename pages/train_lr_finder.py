@@ -1,9 +1,9 @@
-"""Train page, 'Custom run' tab: the learning-rate range test under the form (explore.lr_finder)."""
+"""Train page, 'Custom run' tab: the learning-rate range test under the form (explore.training.lr_finder)."""
 from __future__ import annotations
 
 import streamlit as st
 
-from explore import choices
+from explore.training import choices
 from explore.charts import lr_range_test
 from explore.settings import NotAllowed, gate_request
 from pages import common
@@ -11,7 +11,7 @@ from pages import common
 
 def lr_finder_panel(build, clicked: bool, settings) -> None:
     """The LR finder's result under the form, with a button that copies the suggestion into the LR field."""
-    from explore import lr_finder
+    from explore.training import lr_finder
 
     if clicked:
         try:

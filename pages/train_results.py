@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explore import charts, report
-from explore.attribution import cell_name
-from explore.share import encode_config, export_run_bundle
-from explore.store import StoreError
+from explore import charts
+from explore.insight import report
+from explore.insight.attribution import cell_name
+from explore.training.share import encode_config, export_run_bundle
+from explore.training.store import StoreError
 from pages import common, multitask_section
 
 PERCENT_COLUMNS = {name: st.column_config.NumberColumn(format="percent")
@@ -100,7 +101,7 @@ def run_settings(record) -> None:
     """Everything that decided the run, and the command that reruns it: what a student hands in."""
     if record.config is None:
         return
-    from explore.reproduce import reproduce_command, settings_rows
+    from explore.training.reproduce import reproduce_command, settings_rows
 
     with st.expander("All settings, and how to reproduce this run"):
         st.code(reproduce_command(record.config), language="bash", wrap_lines=True)

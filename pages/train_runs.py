@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explore import report
-from explore.share import import_run_bundle
-from explore.store import StoreError
+from explore.insight import report
+from explore.training.share import import_run_bundle
+from explore.training.store import StoreError
 from pages.common import status_badge
 from pages.train_results import PERCENT_COLUMNS
 

@@ -7,9 +7,11 @@ import time
 
 import streamlit as st
 
-from explore import charts, compare, report, transfer
+from explore import charts
+from explore.insight import compare, report
+from explore.training import transfer
 from explore.data import IMAGE_SIZES
-from explore.models import TRANSFER_MODELS
+from explore.models.registry import TRANSFER_MODELS
 from pages.common import current_data_spec, queue_runs, run_store, status_badge
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]

@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-import explore.attribution
-import explore.mismatch
+import explore.insight.attribution
+import explore.insight.mismatch
 from conftest import make_bundle
-from explore import adapt as AD
-from explore.config import RunConfig
+from explore.insight import adapt as AD
+from explore.training.config import RunConfig
 from explore.data import DataSpec, register_bundle
-from explore.jobs import execute_run
-from explore.store import RunStore
-from explore.train import InputPipeline
+from explore.training.jobs import execute_run
+from explore.training.store import RunStore
+from explore.training.train import InputPipeline
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,7 +48,7 @@ def finished_run(tmp_path_factory, bundle):
 @pytest.fixture(scope="module")
 def loaded(finished_run, bundle):
     store, run_id = finished_run
-    return explore.attribution.load_run(store, run_id, bundle=bundle)
+    return explore.insight.attribution.load_run(store, run_id, bundle=bundle)
 
 
 def test_histogram_match_is_quantile_to_quantile():
@@ -106,7 +106,7 @@ def test_before_and_after_on_the_same_test_images(loaded, method):
         assert result["shots_per_class"] == [4, 4]
     else:  # before = the run's own saved test predictions
         assert result["before"]["acc"] == pytest.approx(
-            explore.mismatch.internal_external(loaded.predictions)["test"]["acc"])
+            explore.insight.mismatch.internal_external(loaded.predictions)["test"]["acc"])
 
 
 def test_cli_prints_before_and_after(finished_run, capsys):
@@ -116,7 +116,7 @@ def test_cli_prints_before_and_after(finished_run, capsys):
     assert set(out) >= {"method", "before", "after"} and set(out["after"]) >= {"acc", "auc"}
     assert AD.cli_main(["--run", str(store.root / "nope"), "--method", "bn"]) == 2
     assert "not a run folder" in capsys.readouterr().err
-    from explore.cli import main
+    from explore.cli.main import main
     assert main(["adapt", "--run", str(store.root / run_id), "--method", "finetune", "--k", "128"]) == 2
     assert "between 1 and" in capsys.readouterr().err
 

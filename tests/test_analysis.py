@@ -1,4 +1,4 @@
-"""explore.analysis: MACs and parameters against textbook formulas, timing, translation sensitivity."""
+"""explore.insight.analysis: MACs and parameters against textbook formulas, timing, translation sensitivity."""
 from __future__ import annotations
 
 import json
@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from conftest import make_bundle
-from explore import analysis
-from explore.config import RunConfig
+from explore.insight import analysis
+from explore.training.config import RunConfig
 from explore.device import Placement
-from explore.jobs import execute_run
-from explore.models import SCRATCH_MODELS, build_model, count_parameters
-from explore.models_cli import describe
-from explore.store import RunStore
+from explore.training.jobs import execute_run
+from explore.models.registry import SCRATCH_MODELS, build_model, count_parameters
+from explore.cli.models import describe
+from explore.training.store import RunStore
 
 CPU = Placement(torch.device("cpu"), torch.float32)
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ def test_peak_memory_measures_a_known_allocation():
     import subprocess
     import sys
 
-    code = ("import torch; from explore.analysis import PeakMemory; from explore.device import Placement\n"
+    code = ("import torch; from explore.insight.analysis import PeakMemory; from explore.device import Placement\n"
             "meter = PeakMemory(Placement(torch.device('cpu'), torch.float32))\n"
             "with meter:\n    block = torch.ones(64 * 2**20)  # 64 Mi float32 = 256 MiB, touched\n"
             "print(meter.megabytes)")

@@ -11,13 +11,13 @@ import torch
 import torchvision
 from torch import nn
 
-import explore.attribution as A
-from explore.config import RunConfig
+import explore.insight.attribution as A
+from explore.training.config import RunConfig
 from explore.data import DataSpec, register_bundle
-from explore.jobs import execute_run
-from explore.models import build_model
-from explore.store import RunStore
-from explore.train import InputPipeline
+from explore.training.jobs import execute_run
+from explore.models.registry import build_model
+from explore.training.store import RunStore
+from explore.training.train import InputPipeline
 from conftest import make_bundle
 
 SIZE = 32

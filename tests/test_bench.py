@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import ROOT, make_bundle
-from explore import bench
+from benchmarks import bench
 
 
 def test_spread_is_median_min_max():
@@ -129,7 +129,7 @@ def test_quick_bench_runs_end_to_end_as_json():
 
 
 def test_soak_is_opt_in_and_reads_as_a_sentence():
-    from explore.soak import least_squares_slope
+    from benchmarks.soak import least_squares_slope
 
     assert "soak" not in bench.SECTIONS and "soak" in bench.EXTRA_SECTIONS
     assert least_squares_slope([100.0, 102.0, 104.0]) == pytest.approx(2.0)

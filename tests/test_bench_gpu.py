@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from conftest import make_bundle
-from explore import bench
+from benchmarks import bench
 
 
 def test_a_gpu_adds_the_course_run_to_the_default_sections(monkeypatch):

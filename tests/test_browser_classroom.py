@@ -25,7 +25,7 @@ from PIL import Image
 
 from browser_helpers import (  # noqa: F401 (fixtures)
     ROOT, app_env, app_server, browser, require_browser, screenshot, start_app, stop_app, wait_for_app_idle)
-from explore.store import RunStore
+from explore.training.store import RunStore
 from test_browser_flow import open_train_page, run_ids_in_url, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

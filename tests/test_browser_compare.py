@@ -10,9 +10,9 @@ import time
 import pytest
 
 from browser_helpers import app_server, browser, browser_page, screenshot, wait_for_app_idle  # noqa: F401
-from explore.config import RunConfig
+from explore.training.config import RunConfig
 from explore.data import DataSpec
-from explore.store import RunStore
+from explore.training.store import RunStore
 from test_compare import write_run
 
 pytestmark = pytest.mark.browser

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from browser_helpers import require_browser
-from explore import bench
-from explore.soak import run_concurrent
+from benchmarks import bench
+from benchmarks.soak import run_concurrent
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -14,7 +14,7 @@ import pytest
 
 from browser_helpers import (  # noqa: F401 (fixtures)
     app_env_overrides, app_server, browser, browser_page, screenshot, wait_for_app_idle)
-from explore.store import RunStore
+from explore.training.store import RunStore
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

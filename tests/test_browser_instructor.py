@@ -9,7 +9,7 @@ import pytest
 
 from browser_helpers import (  # noqa: F401 (fixtures)
     app_server, browser, screenshot, wait_for_app_idle)
-from explore.store import RunStore
+from explore.training.store import RunStore
 from test_browser_classroom import new_student, queue_custom_run, session_of
 from test_browser_flow import run_ids_in_url, wait_until
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 
 from browser_helpers import app_env, browser, browser_page, require_browser, screenshot, start_app, stop_app  # noqa: F401
-from explore.config import RunConfig
+from explore.training.config import RunConfig
 from explore.data import DataSpec
-from explore.jobs import execute_run
-from explore.store import RunStore
+from explore.training.jobs import execute_run
+from explore.training.store import RunStore
 
 pytestmark = pytest.mark.browser
 SPEC = DataSpec(image_size=64, synthetic=(("n_train", 96), ("n_val", 32), ("n_test", 32)))

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from explore.config import RunConfig
+from explore.training.config import RunConfig
 from explore.data import DataSpec
-from explore.jobs import execute_run
-from explore.store import RunStore
+from explore.training.jobs import execute_run
+from explore.training.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from explore import charts, report
-from explore import mismatch as mm
+from explore import charts
+from explore.insight import report
+from explore.insight import mismatch as mm
 
 
 def layers(spec: dict) -> list[dict]:

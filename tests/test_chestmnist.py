@@ -92,7 +92,7 @@ def test_binary_groups():
 
 
 def test_real_mismatch_preset_trains_pediatric_and_tests_adult(tmp_path, monkeypatch):
-    from explore.presets import PRESETS
+    from explore.training.presets import PRESETS
 
     preset = PRESETS["real_mismatch"]
     assert preset.own_data

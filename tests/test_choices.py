@@ -1,10 +1,10 @@
-"""explore.choices: the Train form's options come from config.py, and what the form builds is a valid RunConfig."""
+"""explore.training.choices: the Train form's options come from config.py, and what the form builds is a valid RunConfig."""
 from __future__ import annotations
 
 import pytest
 
-from explore import choices
-from explore.config import RunConfig
+from explore.training import choices
+from explore.training.config import RunConfig
 
 
 @pytest.mark.parametrize("field, offered", [

@@ -13,12 +13,13 @@ from streamlit.testing.v1 import AppTest
 
 import pages.common
 from conftest import make_bundle
-from explore import charts, classview
-from explore.config import RunConfig
+from explore import charts
+from explore.insight import classview
+from explore.training.config import RunConfig
 from explore.data import DataSpec
-from explore.jobs import JobManager
+from explore.training.jobs import JobManager
 from explore.settings import instructor_allowed, load_settings
-from explore.store import RunStore
+from explore.training.store import RunStore
 from test_compare import write_run
 
 ROOT = Path(__file__).resolve().parents[1]

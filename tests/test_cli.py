@@ -56,7 +56,7 @@ def test_presets_cli():
     names = {p["name"] for p in presets}
     assert {"hw2_bce_vs_ce", "hw3_baseline", "hw3_ann_vs_cnn", "hw3_gap", "lecture_lr_schedules",
             "lecture_batch_norm"} <= names
-    from explore.config import RunConfig
+    from explore.training.config import RunConfig
 
     for preset in presets:
         assert set(preset) == {"name", "title", "note", "full", "quick"}

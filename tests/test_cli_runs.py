@@ -48,7 +48,7 @@ def test_lr_find_cli(make_npz_dataset):
 
 
 def test_train_sets_every_page_setting(tmp_path, make_npz_dataset):
-    from explore.train_cli import build_parser, configs_from_args
+    from explore.cli.train import build_parser, configs_from_args
 
     args = build_parser().parse_args([
         "--model", "cnn", "--batch-norm", "--class-weights", "--train-dev", "0.2", "--classes", "3",

@@ -1,4 +1,4 @@
-"""explore.compare: the differing-settings table, curves, sweeps, repeats, exports, deletion."""
+"""explore.insight.compare: the differing-settings table, curves, sweeps, repeats, exports, deletion."""
 from __future__ import annotations
 
 import datetime as dt
@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 
 from conftest import make_bundle
-from explore import charts, compare
-from explore.config import RunConfig
+from explore import charts
+from explore.insight import compare
+from explore.training.config import RunConfig
 from explore.data import DataSpec
-from explore.jobs import JobManager
-from explore.store import RunStore
+from explore.training.jobs import JobManager
+from explore.training.store import RunStore
 
 
 def write_run(store: RunStore, config: RunConfig, val_accs=(0.6, 0.7, 0.65), test_acc=0.6,
@@ -220,7 +221,7 @@ def test_delete_refuses_active_runs(store):
 
 
 def test_sweep_and_repeat_groups_are_recognised(store):
-    from explore.presets import PRESETS
+    from explore.training.presets import PRESETS
 
     for config in PRESETS["hw2_lr_sweep"].configs(quick=True):
         write_run(store, config.replace(data_image_size=32))

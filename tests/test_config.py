@@ -1,6 +1,6 @@
 import pytest
 
-from explore.config import RunConfig
+from explore.training.config import RunConfig
 from explore.data import DataSpec
 
 
@@ -43,7 +43,7 @@ def test_replace_with_data_keys_and_differences():
 
 
 def test_model_dependent_defaults_are_resolved_in_one_step_not_by_validation(tmp_path):
-    from explore.store import RunStore
+    from explore.training.store import RunStore
 
     asked = RunConfig(model="resnet18")  # validation leaves the frozen object as it was given
     assert (asked.transfer_mode, asked.input_norm) == ("none", "dataset")
@@ -58,7 +58,7 @@ def test_model_dependent_defaults_are_resolved_in_one_step_not_by_validation(tmp
 
 
 def test_the_family_decides_how_a_model_trains():
-    from explore.models import MODELS, family_of
+    from explore.models.registry import MODELS, family_of
 
     scratch, pretrained = family_of("hw3_cnn"), family_of("resnet18")
     assert not scratch.pretrained_weights and pretrained.pretrained_weights

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-import explore.explain_report as R
-from explore import attribution as A
-from explore.config import RunConfig
+import explore.insight.explain_report as R
+from explore.insight import attribution as A
+from explore.training.config import RunConfig
 from explore.data import Split
-from explore.train import InputPipeline
+from explore.training.train import InputPipeline
 
 SIZE = 32
 REGION = (slice(4, 10), slice(20, 26))  # rows, columns of the only pixels the model reads
@@ -209,14 +209,14 @@ def test_card_rows_and_sentences_read_the_verdicts():
 
 def test_cli_prints_the_documented_json(tmp_path, capsys, register_data):
     from conftest import make_bundle
-    from explore.jobs import execute_run
-    from explore.store import RunStore
+    from explore.training.jobs import execute_run
+    from explore.training.store import RunStore
 
     bundle = make_bundle(size=SIZE, n_train=32, n_val=16, n_test=16)
     store = RunStore(tmp_path)
     run_id = store.create(RunConfig(data=register_data(bundle), model="lab4_gap", epochs=1, batch_size=16))
     assert list(execute_run(store, run_id))[-1]["status"] == "finished"
-    from explore.cli import main
+    from explore.cli.main import main
 
     code = main(["explain-report", "--run", str(tmp_path / run_id), "--n", "4", "--methods", "saliency", "gradcam",
                  "--split", "test", "--json"])
@@ -233,7 +233,7 @@ def test_cli_prints_the_documented_json(tmp_path, capsys, register_data):
 def test_data_randomisation_run_trains_on_a_permutation_of_the_labels(tmp_path):
     from conftest import make_bundle
     from explore.data import DataSpec
-    from explore.train import TrainingRun, permuted_labels
+    from explore.training.train import TrainingRun, permuted_labels
 
     bundle = make_bundle(size=SIZE, n_train=32, n_val=16, n_test=16)
     config = RunConfig(data=DataSpec(image_size=SIZE), model="lab4_gap", epochs=1, batch_size=16, name="tiny")
@@ -255,8 +255,8 @@ def test_data_randomisation_run_trains_on_a_permutation_of_the_labels(tmp_path):
 
 def test_the_shuffled_label_run_is_found_and_compared(tmp_path, register_data):
     from conftest import make_bundle
-    from explore.jobs import execute_run
-    from explore.store import RunStore
+    from explore.training.jobs import execute_run
+    from explore.training.store import RunStore
 
     bundle = make_bundle(size=SIZE, n_train=32, n_val=16, n_test=16)
     store = RunStore(tmp_path)

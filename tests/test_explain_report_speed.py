@@ -6,11 +6,11 @@ from captum.metrics import infidelity
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-import explore.explain_report as R
-from explore import attribution as A
-from explore.config import RunConfig
-from explore.models import build_model
-from explore.train import InputPipeline
+import explore.insight.explain_report as R
+from explore.insight import attribution as A
+from explore.training.config import RunConfig
+from explore.models.registry import build_model
+from explore.training.train import InputPipeline
 
 SIZE = 32
 
@@ -109,7 +109,7 @@ def test_chunked_sensitivity_equals_the_whole_batch_at_once(monkeypatch):
 def test_bench_times_val_and_test_and_the_work_on_one_thread():
     import dataclasses
 
-    from explore import bench
+    from benchmarks import bench
 
     settings = dataclasses.replace(bench.Settings.make(quick=True, device="cpu"), attribution_size=SIZE,
                                    attribution_images=4, repeats=1)

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from explore.config import RunConfig
+from explore.training.config import RunConfig
 from explore.data import register_bundle
-from explore.jobs import JobManager, execute_run
-from explore.store import RunStore, StoreError
+from explore.training.jobs import JobManager, execute_run
+from explore.training.store import RunStore, StoreError
 
 from conftest import make_bundle
 
@@ -19,7 +19,7 @@ def cfg(**kw):
 
 
 def test_out_of_memory_ends_that_run_and_the_next_one_works(runs_dir, monkeypatch):
-    from explore.models import HW3ConvModel
+    from explore.models.registry import HW3ConvModel
 
     original = HW3ConvModel.forward
     calls = {"n": 0}

@@ -11,10 +11,10 @@ import math
 import pytest
 import torch
 
-from explore.config import PRECISIONS, RunConfig
+from explore.training.config import PRECISIONS, RunConfig
 from explore.data import DataSpec
 from explore.device import Placement, pick_dtype, tune_cuda
-from explore.train import TrainingRun
+from explore.training.train import TrainingRun
 
 
 @pytest.fixture

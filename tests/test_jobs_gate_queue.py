@@ -6,14 +6,14 @@ import threading
 import pytest
 import torch
 
-import explore.jobs
+import explore.training.jobs
 from conftest import make_bundle
-from explore.config import RunConfig
+from explore.training.config import RunConfig
 from explore.data import DataSpec
-from explore.fairqueue import FairQueue
-from explore.jobs import JobManager, worker_devices
+from explore.training.fairqueue import FairQueue
+from explore.training.jobs import JobManager, worker_devices
 from explore.settings import AppSettings, NotAllowed
-from explore.store import RunStore
+from explore.training.store import RunStore
 
 DEMO = AppSettings(demo_mode=True, max_epochs=5, max_image_size=64, max_sweep_runs=3, max_queued_per_session=4)
 
@@ -131,7 +131,7 @@ def test_one_worker_per_gpu_each_run_pinned_to_its_own(runs_dir, monkeypatch):
         release.wait(timeout=30)
         yield {"kind": "end"}
 
-    monkeypatch.setattr(explore.jobs, "execute_run", fake_execute_run)
+    monkeypatch.setattr(explore.training.jobs, "execute_run", fake_execute_run)
     manager = JobManager(executor="thread")
     assert [(w["index"], w["device"]) for w in manager.overview()["workers"]] == [(0, "cuda:0"), (1, "cuda:1")]
     store = RunStore(runs_dir, namespace="session-a")

@@ -2,10 +2,11 @@
 import pytest
 from torch import nn
 
-from explore import analysis, charts, compare
-from explore.config import RunConfig
-from explore.models import MODELS, build_model, count_parameters
-from explore.train_cli import build_parser, configs_from_args
+from explore.insight import analysis, compare
+from explore import charts
+from explore.training.config import RunConfig
+from explore.models.registry import MODELS, build_model, count_parameters
+from explore.cli.train import build_parser, configs_from_args
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "cnn_gap"])
@@ -47,7 +48,7 @@ def test_sweep_batch_norm_on_and_off():
 
 
 def test_a_transfer_run_that_got_random_weights_is_relabelled():
-    from explore.transfer import RANDOM, honest_configs, relabel_if_random
+    from explore.training.transfer import RANDOM, honest_configs, relabel_if_random
 
     asked = RunConfig(model="resnet18", name="ResNet-18 · finetune")
     relabelled = relabel_if_random(asked, RANDOM)
@@ -59,7 +60,7 @@ def test_a_transfer_run_that_got_random_weights_is_relabelled():
 
 
 def test_lr_finder_reference(tiny_bundle):
-    from explore import lr_finder
+    from explore.training import lr_finder
 
     test = lr_finder.RangeTest(1e-5, 1.0, 11)
     assert [round(test.lr_at(i), 12) for i in (0, 5, 10)] == [1e-5, round(10 ** -2.5, 12), 1.0]
@@ -78,8 +79,8 @@ def test_a_run_queued_with_imagenet_weights_that_trains_from_random_says_so(tmp_
     """Queued from any page without the submit-time check (a sweep from a base run, a Mismatch fix...):
     when the weights turn out missing, execute_run relabels the stored config, so every page shows it."""
     from conftest import make_bundle
-    from explore.jobs import execute_run
-    from explore.store import RunStore
+    from explore.training.jobs import execute_run
+    from explore.training.store import RunStore
 
     monkeypatch.setenv("EXPLORE_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))

@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-import explore.attribution as A
-import explore.mismatch as M
-import explore.train
+import explore.insight.attribution as A
+import explore.insight.mismatch as M
+import explore.training.train
 from conftest import make_bundle, make_split
-from explore.config import RunConfig
+from explore.training.config import RunConfig
 from explore.data import DataSpec, register_bundle
-from explore.jobs import JobManager, execute_run
-from explore.store import RunStore
-from explore.train import TrainingRun
+from explore.training.jobs import JobManager, execute_run
+from explore.training.store import RunStore
+from explore.training.train import TrainingRun
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -128,7 +128,7 @@ def test_penultimate_features_and_pca(run_with_train_dev, bundle):
 
 def test_penultimate_features_leave_the_model_without_hooks():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.ReLU(), nn.Linear(4, 1)).eval()
-    pipeline = explore.train.InputPipeline(RunConfig(), torch.zeros(0, 1, 1, 1, dtype=torch.uint8))
+    pipeline = explore.training.train.InputPipeline(RunConfig(), torch.zeros(0, 1, 1, 1, dtype=torch.uint8))
     features = M.penultimate_features(model, pipeline, torch.zeros(3, 1, 4, 4, dtype=torch.uint8))
     assert features.shape == (3, 4)
     assert not any(m._forward_hooks for m in model.modules())

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from explore.models import MODELS, SCRATCH_MODELS, build_model, count_parameters
+from explore.models.registry import MODELS, SCRATCH_MODELS, build_model, count_parameters
 
 
 @pytest.mark.parametrize("size", [64, 256])

@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explore import multilabel as ML
-from explore.config import RunConfig
+from explore.training import multilabel as ML
+from explore.training.config import RunConfig
 from explore.data import DataBundle, DataSpec, Split, decoded_bundle, load_bundle
 from explore.data.disk_cache import bundle_from_payload, bundle_to_payload
 from explore.data.synthetic import FINDINGS, generate_synthetic
-from explore.models import MODELS, build_model
-from explore.presets import PRESETS
+from explore.models.registry import MODELS, build_model
+from explore.training.presets import PRESETS
 
 SMALL = {"n_train": 240, "n_val": 40, "n_test": 40}
 
@@ -211,7 +211,7 @@ def test_every_model_family_builds_with_one_output_per_task(family):
 # ----------------------------------------------------------------------------- a short run
 def test_a_two_epoch_multi_label_run_records_per_label_auc(tmp_path, monkeypatch):
     monkeypatch.setenv("EXPLORE_CACHE_DIR", str(tmp_path / "cache"))
-    from explore.train import TrainingRun
+    from explore.training.train import TrainingRun
 
     data = DataSpec(image_size=64, findings=True, synthetic=tuple(SMALL.items()))
     config = RunConfig(data=data, model="cnn_gap", tasks=("pneumonia", "cardiomegaly", "effusion"),
@@ -296,7 +296,7 @@ def test_multi_label_train_targets_are_finite_for_the_loss():
 
 # ----------------------------------------------------------------------------- the CLI
 def test_cli_trains_a_multi_label_run_and_prints_per_label_auc(tmp_path, monkeypatch, capsys):
-    from explore.train_cli import build_parser, cli_main, configs_from_args
+    from explore.cli.train import build_parser, cli_main, configs_from_args
 
     monkeypatch.setenv("EXPLORE_CACHE_DIR", str(tmp_path / "cache"))
     args = ["--model", "cnn_gap", "--size", "64", "--knob", "n_train=60", "--knob", "n_val=20", "--knob", "n_test=20",
@@ -323,8 +323,8 @@ def test_cli_trains_a_multi_label_run_and_prints_per_label_auc(tmp_path, monkeyp
 def test_reproduce_command_gives_back_the_multi_task_run():
     import shlex
 
-    from explore.reproduce import reproduce_command
-    from explore.train_cli import build_parser, configs_from_args
+    from explore.training.reproduce import reproduce_command
+    from explore.cli.train import build_parser, configs_from_args
 
     single, multi = PRESETS["lecture_multitask"].configs(quick=True)
     for config in (single, multi):
@@ -335,8 +335,8 @@ def test_reproduce_command_gives_back_the_multi_task_run():
 
 
 def test_compare_table_has_per_finding_auc_columns(tmp_path):
-    from explore.compare import comparison_table
-    from explore.store import RunRecord
+    from explore.insight.compare import comparison_table
+    from explore.training.store import RunRecord
 
     config = RunConfig(data=DataSpec(findings=True), tasks=("pneumonia", "effusion"), name="two findings")
     summary = {"tasks": ["pneumonia", "effusion"], "splits": {
@@ -350,7 +350,7 @@ def test_compare_table_has_per_finding_auc_columns(tmp_path):
 
 
 def test_data_page_examples_show_each_combination_of_findings():
-    from explore.multilabel_report import FINDING_COLOURS, finding_examples
+    from explore.insight.multilabel_report import FINDING_COLOURS, finding_examples
 
     examples = finding_examples(64, seed=0)
     assert [e["caption"] for e in examples] == ["no finding", "cardiomegaly", "effusion", "cardiomegaly + effusion"]

@@ -8,13 +8,13 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-import explore.train
+import explore.training.train
 import pages.common
-from explore import attribution as attr
-from explore.config import RunConfig
+from explore.insight import attribution as attr
+from explore.training.config import RunConfig
 from explore.data import DataSpec
-from explore.jobs import execute_run
-from explore.store import RunStore
+from explore.training.jobs import execute_run
+from explore.training.store import RunStore
 from test_page_multitask import bundle_with_findings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def bundle():
 def runs_root(tmp_path_factory, bundle):
     root = tmp_path_factory.mktemp("runs")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(explore.train, "load_bundle", lambda spec: bundle)
+        patch.setattr(explore.training.train, "load_bundle", lambda spec: bundle)
         store = RunStore(root)
         run_id = store.create(RunConfig(data=SPEC, model="lab4_gap", epochs=2, batch_size=16, lr=3e-3,
                                         tasks=TASKS, name="tiny three findings"))

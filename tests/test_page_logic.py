@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from conftest import make_bundle
-from explore import analysis, compare, report, roar
-from explore import mismatch as mm
-from explore.browse import confusion, outcomes
-from explore.config import RunConfig
+from explore.insight import analysis, compare, report, roar
+from explore.insight import mismatch as mm
+from explore.insight.browse import confusion, outcomes
+from explore.training.config import RunConfig
 from explore.data import DataSpec, stats
 from explore.data.synthetic import KNOBS, SHIFT_KNOBS, changed_knobs, same_sites, slider_label
 from explore.settings import FORM_MAX_EPOCHS, AppSettings
-from explore.store import RunStore
+from explore.training.store import RunStore
 from test_compare import write_run
 
 

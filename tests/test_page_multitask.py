@@ -6,11 +6,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-import explore.train
+import explore.training.train
 import pages.common
 from conftest import make_bundle
-from explore.jobs import JobManager
-from explore.store import RunStore
+from explore.training.jobs import JobManager
+from explore.training.store import RunStore
 from test_page_train import new_page, run_page
 
 
@@ -28,7 +28,7 @@ def bundle_with_findings(spec):
 @pytest.fixture
 def store(runs_dir, monkeypatch) -> RunStore:
     monkeypatch.setenv("EXPLORE_RUNS_DIR", str(runs_dir))
-    monkeypatch.setattr(explore.train, "load_bundle", bundle_with_findings)
+    monkeypatch.setattr(explore.training.train, "load_bundle", bundle_with_findings)
     manager = JobManager(max_concurrent=1, executor="thread")
     monkeypatch.setattr(pages.common, "job_manager", lambda: manager)
     yield RunStore(runs_dir)

@@ -11,11 +11,11 @@ from streamlit.testing.v1 import AppTest
 import pages.common
 import pages.saliency_card
 from conftest import make_bundle
-from explore import explain_report as R
-from explore.config import RunConfig
+from explore.insight import explain_report as R
+from explore.training.config import RunConfig
 from explore.data import register_bundle
-from explore.jobs import execute_run
-from explore.store import RunStore
+from explore.training.jobs import execute_run
+from explore.training.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120

@@ -9,10 +9,10 @@ from streamlit.testing.v1 import AppTest
 
 import pages.common
 from conftest import make_bundle
-from explore import roar
-from explore.config import RunConfig
-from explore.jobs import execute_run
-from explore.store import RunStore
+from explore.insight import roar
+from explore.training.config import RunConfig
+from explore.training.jobs import execute_run
+from explore.training.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -56,7 +56,7 @@ def test_the_button_queues_the_group_and_the_page_and_cli_show_accuracy_vs_t(tmp
     assert list(table["method"]) == ["saliency", "gradcam", "random"]
     assert list(table.columns[1:5]) == ["t = 0%", "t = 10%", "t = 30%", "t = 50%"]
 
-    from explore.cli import main
+    from explore.cli.main import main
 
     code = main(["explain-report", "--run", str(tmp_path / source), "--n", "4", "--methods", "saliency",
                  "--json"])

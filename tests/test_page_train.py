@@ -13,12 +13,12 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-import explore.train
+import explore.training.train
 import pages.common
 from conftest import make_bundle
 from explore.data import DataSpec
-from explore.jobs import JobManager
-from explore.store import RunStore
+from explore.training.jobs import JobManager
+from explore.training.store import RunStore
 
 TRAIN_PAGE = str(Path(__file__).resolve().parents[1] / "pages/train.py")
 
@@ -27,7 +27,7 @@ TRAIN_PAGE = str(Path(__file__).resolve().parents[1] / "pages/train.py")
 def store(runs_dir, monkeypatch) -> RunStore:
     monkeypatch.setenv("EXPLORE_RUNS_DIR", str(runs_dir))
     # Every run trains on a tiny learnable bundle instead of the 2,400-image synthetic set.
-    monkeypatch.setattr(explore.train, "load_bundle", lambda spec: make_bundle(32, 64, 32, 32, spec.num_classes))
+    monkeypatch.setattr(explore.training.train, "load_bundle", lambda spec: make_bundle(32, 64, 32, 32, spec.num_classes))
     manager = JobManager(max_concurrent=1, executor="thread")
     monkeypatch.setattr(pages.common, "job_manager", lambda: manager)
     yield RunStore(runs_dir)
@@ -172,7 +172,7 @@ def test_a_refresh_finds_the_run_from_the_url_and_damaged_folders_do_not_crash(s
 
 def test_a_stopped_run_without_final_metrics_shows_its_curves_and_message(store):
     """A run that ended before any evaluation still shows its curves (from metrics.jsonl) and why it ended."""
-    from explore.config import RunConfig
+    from explore.training.config import RunConfig
 
     run_id = store.create(RunConfig(name="hand", epochs=2))
     for epoch in (1, 2):
@@ -212,7 +212,7 @@ class QueueOnly:
 
 
 def test_a_queued_run_says_how_many_runs_are_ahead(store, monkeypatch):
-    from explore.config import RunConfig
+    from explore.training.config import RunConfig
 
     fake = QueueOnly(position=3)
     monkeypatch.setattr(pages.common, "job_manager", lambda: fake)
@@ -231,7 +231,7 @@ def test_a_queued_run_says_how_many_runs_are_ahead(store, monkeypatch):
     ("failed", "DataError: folder not found: /gone", "error"),
 ])
 def test_how_a_run_ended_is_said_plainly(store, status, message, alert):
-    from explore.config import RunConfig
+    from explore.training.config import RunConfig
 
     run_id = store.create(RunConfig(name=status, epochs=3))
     store.set_status(run_id, status=status, message=message)
@@ -262,8 +262,8 @@ def test_demo_mode_caps_runs_and_says_so(store, monkeypatch):
 
 
 def test_a_shared_link_opens_its_configuration(store):
-    from explore.config import RunConfig
-    from explore.share import encode_config
+    from explore.training.config import RunConfig
+    from explore.training.share import encode_config
 
     config = RunConfig(model="lab4_gap", lr=3e-4, epochs=1, data=DataSpec(image_size=64), name="from a link")
     at = AppTest.from_file(TRAIN_PAGE, default_timeout=60)
@@ -299,7 +299,7 @@ def test_a_finished_run_offers_its_link_and_bundle(store):
     [run_id] = shown_runs(at)
     link = at.text_input(key=f"link-{run_id}").value
     assert link.startswith("?config=")
-    from explore.share import decode_config
+    from explore.training.share import decode_config
 
     assert decode_config(link.removeprefix("?config=")) == store.load(run_id).config
 

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import explore.train
+import explore.training.train
 import pages.common
 from conftest import make_bundle
 from explore.data import DataSpec
-from explore.jobs import JobManager
-from explore.store import RunStore
+from explore.training.jobs import JobManager
+from explore.training.store import RunStore
 
 TRAIN_PAGE = str(Path(__file__).resolve().parents[1] / "pages/train.py")
 SPEC = DataSpec(image_size=32, seed=1515)  # its own cache key: the page's shared cache never mixes it up
@@ -21,7 +21,7 @@ SPEC = DataSpec(image_size=32, seed=1515)  # its own cache key: the page's share
 def store(runs_dir, monkeypatch) -> RunStore:
     monkeypatch.setenv("EXPLORE_RUNS_DIR", str(runs_dir))
     tiny = lambda spec: make_bundle(32, 64, 32, 32, spec.num_classes)  # noqa: E731
-    monkeypatch.setattr(explore.train, "load_bundle", tiny)
+    monkeypatch.setattr(explore.training.train, "load_bundle", tiny)
     monkeypatch.setattr(pages.common, "load_bundle", tiny)
     manager = JobManager(max_concurrent=1, executor="thread")  # in this process, so the tiny data reaches it
     monkeypatch.setattr(pages.common, "job_manager", lambda: manager)
@@ -87,7 +87,7 @@ def test_missing_imagenet_weights_are_said_before_queueing_and_in_the_name(store
 def test_three_classes_report_per_class_open_cells_and_reproduce(store):
     import shlex
 
-    from explore.train_cli import build_parser, configs_from_args
+    from explore.cli.train import build_parser, configs_from_args
 
     at = AppTest.from_file(TRAIN_PAGE, default_timeout=120)
     at.session_state["data_spec"] = DataSpec(image_size=32, seed=1515, num_classes=3)

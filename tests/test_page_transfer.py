@@ -5,8 +5,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explore.data import DataSpec
-from explore.jobs import JobManager
-from explore.store import RunStore
+from explore.training.jobs import JobManager
+from explore.training.store import RunStore
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "transfer.py")
 

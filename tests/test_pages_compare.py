@@ -10,10 +10,10 @@ from streamlit.testing.v1 import AppTest
 
 import pages.common
 from conftest import make_bundle
-from explore.config import RunConfig
+from explore.training.config import RunConfig
 from explore.data import DataSpec
-from explore.jobs import JobManager
-from explore.store import RunStore
+from explore.training.jobs import JobManager
+from explore.training.store import RunStore
 from test_compare import write_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,10 +10,10 @@ from streamlit.testing.v1 import AppTest
 
 import pages.common
 from conftest import make_bundle
-from explore.config import RunConfig
+from explore.training.config import RunConfig
 from explore.data import register_bundle
-from explore.jobs import JobManager, execute_run
-from explore.store import RunStore
+from explore.training.jobs import JobManager, execute_run
+from explore.training.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120

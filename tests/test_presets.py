@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from explore.presets import PRESETS, short_number
+from explore.training.presets import PRESETS, short_number
 
 WHAT_CHANGES_A_RUN = lambda c: {k: v for k, v in c.to_dict().items() if k not in ("name", "group")}  # noqa: E731
 
@@ -94,7 +94,7 @@ def test_lecture_presets_compare_schedules_and_batch_norm():
 
 
 def test_a_preset_run_at_the_data_pages_size_says_that_size():
-    from explore.presets import at_image_size
+    from explore.training.presets import at_image_size
 
     quick = PRESETS["hw3_baseline"].configs(quick=True)[0]
     assert "128 px" in quick.name

@@ -1,4 +1,4 @@
-"""Runs on a Ray cluster (explore.ray_backend): the same gate, queue and Stop as local workers.
+"""Runs on a Ray cluster (explore.training.ray_backend): the same gate, queue and Stop as local workers.
 
 With `ray` installed, a local Ray instance (2 CPUs, started once for this module) trains runs
 through the Ray backend: their curves, weights and predictions arrive in the server's store; a
@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from conftest import wait_for
-from explore.config import RunConfig
+from explore.training.config import RunConfig
 from explore.data import DataSpec, load_bundle
 from explore.data.disk_cache import bundle_from_payload
-from explore.jobs import JobManager, execute_run
-from explore.ray_backend import ForwardingStore, data_for_nodes, missing_on_node, write_record
+from explore.training.jobs import JobManager, execute_run
+from explore.training.ray_backend import ForwardingStore, data_for_nodes, missing_on_node, write_record
 from explore.settings import AppSettings, load_settings
-from explore.store import RunStore
+from explore.training.store import RunStore
 
 try:
     import ray
@@ -100,7 +100,7 @@ def test_settings_choose_the_backend(monkeypatch):
 
 
 def test_without_ray_a_ray_address_is_a_clear_error(monkeypatch):
-    from explore.ray_backend import ClusterError
+    from explore.training.ray_backend import ClusterError
 
     monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if ray were not installed
     with pytest.raises(ClusterError, match=r"explore\[cluster\]"):
@@ -209,7 +209,7 @@ def test_the_train_command_uses_the_cluster_when_an_address_is_set(tmp_path, clu
     """A small npz travels to the worker through Ray's object store (decoded here, sent once)."""
     import json
 
-    from explore.train_cli import cli_main
+    from explore.cli.train import cli_main
 
     monkeypatch.setenv("EXPLORE_RAY_ADDRESS", "auto")  # this process is already connected to the cluster
     code = cli_main(["--model", "lab4_gap", "--epochs", "1", "--size", "64", "--batch-size", "8",
@@ -256,7 +256,7 @@ def test_a_run_queued_from_the_train_page_trains_on_the_cluster_shows_its_node_a
 
 
 def test_an_address_nothing_answers_on_is_a_clear_error_at_once():
-    from explore.ray_backend import ClusterError, check_reachable
+    from explore.training.ray_backend import ClusterError, check_reachable
 
     with socket.socket() as probe:  # a free port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -269,7 +269,7 @@ def test_an_address_nothing_answers_on_is_a_clear_error_at_once():
 
 @needs_ray
 def test_stop_cancels_a_run_still_waiting_for_a_free_worker_on_the_cluster(tmp_path, cluster):
-    from explore.ray_backend import execute_remote
+    from explore.training.ray_backend import execute_remote
 
     hog = cluster.remote(num_cpus=2)(lambda: time.sleep(120)).remote()  # every CPU of the cluster taken
     store = RunStore(tmp_path / "runs")
@@ -286,7 +286,7 @@ def test_stop_cancels_a_run_still_waiting_for_a_free_worker_on_the_cluster(tmp_p
 
 
 def test_each_run_asks_for_one_gpu_or_a_fair_share_of_the_cluster():
-    from explore.ray_backend import task_resources
+    from explore.training.ray_backend import task_resources
 
     assert task_resources({"GPU": 4.0, "CPU": 64.0}, slots=4) == ({"num_gpus": 1.0, "num_cpus": 1}, 1)
     assert task_resources({"GPU": 2.0, "CPU": 32.0}, slots=4) == ({"num_gpus": 0.5, "num_cpus": 1}, 1)  # shared
@@ -308,7 +308,7 @@ def test_a_run_on_another_machine_is_not_taken_for_dead_by_its_pid(runs_dir):
 @needs_ray
 def test_when_the_server_side_gives_up_the_task_is_ended_too(tmp_path, cluster):
     """E.g. Ctrl-C in `python -m explore train`: no orphan run keeps a worker (a GPU) busy."""
-    from explore.ray_backend import execute_remote
+    from explore.training.ray_backend import execute_remote
 
     store = RunStore(tmp_path / "runs")
     run_id = store.create(cfg(epochs=500))

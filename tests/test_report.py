@@ -1,15 +1,16 @@
-"""explore.report against hand-computed answers: curves, progress, queue text, metrics, ROC, images."""
+"""explore.insight.report against hand-computed answers: curves, progress, queue text, metrics, ROC, images."""
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 import torch
 
-from explore import charts, report
-from explore.config import RunConfig
+from explore import charts
+from explore.insight import report
+from explore.training.config import RunConfig
 from explore.data import DataSpec
-from explore.metrics import auc
-from explore.store import RunRecord, RunStore
+from explore.training.metrics import auc
+from explore.training.store import RunRecord, RunStore
 
 
 def test_curves_frame_is_long_and_skips_what_cannot_be_drawn():

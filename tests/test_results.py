@@ -3,13 +3,13 @@ import shlex
 
 import pytest
 
-from explore import report
-from explore.config import RunConfig
+from explore.insight import report
+from explore.training.config import RunConfig
 from explore.data import DataSpec
-from explore.metrics import per_class
-from explore.presets import PRESETS
-from explore.reproduce import reproduce_command, settings_rows
-from explore.train_cli import build_parser, configs_from_args
+from explore.training.metrics import per_class
+from explore.training.presets import PRESETS
+from explore.training.reproduce import reproduce_command, settings_rows
+from explore.cli.train import build_parser, configs_from_args
 
 
 def test_per_class_against_hand_counts():

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explore import roar
-from explore.config import RunConfig
+from explore.insight import roar
+from explore.training.config import RunConfig
 from explore.data import DataSpec
 
 SIZE = 16
@@ -62,9 +62,9 @@ def test_config_fields_are_validated(tmp_path):
 
 def test_a_tiny_roar_group_trains_and_the_report_reads_it_back(tmp_path, register_data):
     from conftest import make_bundle
-    from explore.jobs import execute_run
-    from explore.store import RunStore
-    from explore.runs import make_run
+    from explore.training.jobs import execute_run
+    from explore.training.store import RunStore
+    from explore.training.runs import make_run
 
     bundle = make_bundle(size=SIZE, n_train=32, n_val=16, n_test=16)
     store = RunStore(tmp_path)
@@ -108,9 +108,9 @@ def test_the_cli_trains_the_group_and_prints_accuracy_vs_t(tmp_path, register_da
     import json
 
     from conftest import make_bundle
-    from explore.cli import main
-    from explore.jobs import execute_run
-    from explore.store import RunStore
+    from explore.cli.main import main
+    from explore.training.jobs import execute_run
+    from explore.training.store import RunStore
 
     bundle = make_bundle(size=SIZE, n_train=32, n_val=16, n_test=16)
     store = RunStore(tmp_path)

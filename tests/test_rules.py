@@ -28,7 +28,7 @@ def test_library_never_imports_streamlit():
 
 
 def test_importing_the_library_does_not_load_streamlit():
-    code = ("import sys, explore.train, explore.jobs, explore.store, explore.data, explore.models; "
+    code = ("import sys, explore.training.train, explore.training.jobs, explore.training.store, explore.data, explore.models.registry; "
             "print('streamlit' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr

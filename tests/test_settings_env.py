@@ -8,8 +8,8 @@ import pytest
 
 from explore import settings
 from explore.data.folder import default_cache_dir
-from explore.jobs import default_worker_count
-from explore.store import default_runs_root
+from explore.training.jobs import default_worker_count
+from explore.training.store import default_runs_root
 
 ROOT = Path(__file__).resolve().parents[1]
 

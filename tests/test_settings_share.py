@@ -6,13 +6,13 @@ import zipfile
 import pytest
 import torch
 
-from explore.config import RunConfig
+from explore.training.config import RunConfig
 from explore.data import DataSpec
-from explore.jobs import execute_run
+from explore.training.jobs import execute_run
 from explore.settings import (NotAllowed, apply_limits, check_source_allowed, check_sweep_allowed,
                               check_upload_allowed, load_settings)
-from explore.share import decode_config, encode_config, export_run_bundle, import_run_bundle
-from explore.store import RunStore, StoreError
+from explore.training.share import decode_config, encode_config, export_run_bundle, import_run_bundle
+from explore.training.store import RunStore, StoreError
 
 from conftest import make_bundle
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 
 from conftest import make_bundle
-from explore import attribution, mismatch
-from explore.config import RunConfig
-from explore.jobs import execute_run
-from explore.store import RunStore
+from explore.insight import attribution, mismatch
+from explore.training.config import RunConfig
+from explore.training.jobs import execute_run
+from explore.training.store import RunStore
 
 
 def snapshot(bundle) -> dict[str, list[torch.Tensor]]:

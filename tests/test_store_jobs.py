@@ -7,11 +7,11 @@ import time
 import pytest
 import torch
 
-from explore import jobs
-from explore.config import RunConfig
+from explore.training import jobs
+from explore.training.config import RunConfig
 from explore.data import DataSpec, register_bundle
-from explore.jobs import JobManager, execute_run
-from explore.store import RunStore, StoreError, read_metrics
+from explore.training.jobs import JobManager, execute_run
+from explore.training.store import RunStore, StoreError, read_metrics
 
 from conftest import make_bundle
 

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from explore.config import RunConfig
+from explore.training.config import RunConfig
 from explore.data import DataSpec
-from explore.runs import make_run
-from explore.train import InputPipeline
+from explore.training.runs import make_run
+from explore.training.train import InputPipeline
 
 from conftest import make_bundle
 
@@ -124,7 +124,7 @@ def test_bce_and_ce_have_the_right_outputs(bundle):
 
 
 def test_split_train_dev_holds_out_a_seeded_share_of_each_class(bundle):
-    from explore.train import split_train_dev
+    from explore.training.train import split_train_dev
 
     kept, held = split_train_dev(bundle.train, 0.25, 3, 2)
     for cls in (0, 1):
@@ -157,7 +157,7 @@ def test_input_pipeline_norms(bundle):
 
 
 def test_no_horizontal_flip_unless_asked(bundle):
-    from explore import augment
+    from explore.training import augment
 
     x = torch.zeros(64, 1, 8, 8)
     x[..., :4] = 1.0  # left half bright
@@ -169,7 +169,7 @@ def test_no_horizontal_flip_unless_asked(bundle):
 
 
 def test_histogram_equalisation_spreads_grey_levels():
-    from explore.augment import equalize_histogram
+    from explore.training.augment import equalize_histogram
 
     images = torch.randint(100, 120, (2, 1, 16, 16), dtype=torch.uint8)
     out = equalize_histogram(images)

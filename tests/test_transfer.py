@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from explore import transfer
-from explore.config import RunConfig
+from explore.training import transfer
+from explore.training.config import RunConfig
 from explore.data import DataSpec
-from explore.jobs import execute_run
-from explore.store import RunRecord, RunStore
-from explore.runs import make_run
-from explore.train import TrainingRun
-from explore.transfer import (BACKBONES, FeatureCache, FrozenFeatureRun, TransferNet, WeightsUnavailable,
+from explore.training.jobs import execute_run
+from explore.training.store import RunRecord, RunStore
+from explore.training.runs import make_run
+from explore.training.train import TrainingRun
+from explore.training.transfer import (BACKBONES, FeatureCache, FrozenFeatureRun, TransferNet, WeightsUnavailable,
                               build_for_run, build_transfer_model, param_groups, transfer_config, weights_path,
                               weights_status)
 
@@ -257,7 +257,7 @@ def test_frozen_run_stored_and_reloaded_is_the_same_model(bundle, runs_dir, regi
 # ----- CLI -------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["frozen", "two-phase"])
 def test_train_cli_transfer_end_to_end(bundle, runs_dir, register_data, capsys, mode):
-    from explore.train_cli import cli_main
+    from explore.cli.train import cli_main
 
     source = register_data(bundle).source  # the CLI's --source names the tiny bundle, like any other source
     rc = cli_main(["--model", "mobilenet_v3_small", "--transfer", mode, "--epochs", "2", "--size", str(SIZE),

@@ -9,11 +9,11 @@ import time
 import pytest
 
 from conftest import wait_for
-from explore.config import RunConfig
+from explore.training.config import RunConfig
 from explore.data import DataSpec
-from explore.jobs import JobManager
-from explore.store import RunStore
-from explore.workers import death_message
+from explore.training.jobs import JobManager
+from explore.training.store import RunStore
+from explore.training.workers import death_message
 
 # Small enough to generate in the worker in well under a second (a spawned worker cannot see
 # data monkeypatched in this process, so these tests use the real synthetic source).
@@ -77,8 +77,8 @@ def test_a_worker_whose_server_dies_stops_its_run_and_exits(runs_dir, tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    script = (f"import time\nfrom explore.jobs import JobManager\nfrom explore.store import RunStore\n"
-              f"from explore.config import RunConfig\nfrom explore.data import DataSpec\n"
+    script = (f"import time\nfrom explore.training.jobs import JobManager\nfrom explore.training.store import RunStore\n"
+              f"from explore.training.config import RunConfig\nfrom explore.data import DataSpec\n"
               f"if __name__ == '__main__':\n"
               f"    spec = DataSpec(image_size=64, synthetic=(('n_train', 96), ('n_val', 32), ('n_test', 32)))\n"
               f"    m = JobManager(max_concurrent=1, executor='process')\n"

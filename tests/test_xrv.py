@@ -276,7 +276,7 @@ def test_data_page_shows_label_vs_view_for_a_public_set(nih_dir, monkeypatch, tm
 
 
 def test_lesion_box_outline_on_a_zoomed_picture():
-    from explore.report import MASK_COLOURS, outline_mask
+    from explore.insight.report import MASK_COLOURS, outline_mask
 
     mask = xrv.lesion_mask([(2, 2, 4, 3)], (8, 8), 8)[0]  # rows 2..4, columns 2..5
     rgb = np.zeros((16, 16, 3), dtype=np.uint8)  # the picture at zoom 2
@@ -288,7 +288,7 @@ def test_lesion_box_outline_on_a_zoomed_picture():
 
 def test_saliency_scores_attributions_against_the_real_boxes(nih_dir):
     """The Saliency page's 'where the attribution falls' gets a lesion region from the NIH box."""
-    from explore.attribution import attribution_shares, region_masks
+    from explore.insight.attribution import attribution_shares, region_masks
 
     root, boxed = nih_dir[0], nih_dir[4]
     bundle = load_bundle(DataSpec(source=f"xrv:nih:{root}", image_size=64))

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from explore import transfer
-from explore.presets import PRESETS
-from explore.runs import make_run
-from explore.transfer import (BACKBONES, FrozenFeatureRun, WeightsUnavailable, build_for_run, build_transfer_model,
+from explore.training import transfer
+from explore.training.presets import PRESETS
+from explore.training.runs import make_run
+from explore.training.transfer import (BACKBONES, FrozenFeatureRun, WeightsUnavailable, build_for_run, build_transfer_model,
                               transfer_config, weights_path, weights_status)
-from explore.xrv_backbones import xrv_cache_dir
+from explore.models.xrv_backbones import xrv_cache_dir
 
 from conftest import make_bundle
 
@@ -187,8 +187,8 @@ def test_transfer_page_offers_the_xray_backbones_and_says_where_the_file_goes(ru
 
 def test_saliency_maps_come_back_at_the_datas_size_through_the_resize():
     """The 224 px resize happens inside the model: attribution still maps onto the app's own pixels."""
-    from explore import attribution
-    from explore.train import InputPipeline
+    from explore.insight import attribution
+    from explore.training.train import InputPipeline
 
     images = (torch.rand(2, 1, 64, 64) * 255).to(torch.uint8)
     config = transfer_config("xrv_densenet121", "frozen", image_size=64, pretrained=False)
@@ -206,8 +206,8 @@ def test_the_preset_on_the_train_page_queues_both_and_names_missing_weights_rand
 
     from streamlit.testing.v1 import AppTest
 
-    from explore.jobs import JobManager
-    from explore.store import RunStore
+    from explore.training.jobs import JobManager
+    from explore.training.store import RunStore
 
     monkeypatch.setenv("EXPLORE_RUNS_DIR", str(runs_dir))
     manager = JobManager(max_concurrent=0, executor="thread")

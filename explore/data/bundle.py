@@ -40,7 +40,7 @@ class Split:
                     the public X-ray sets (explore/data/xrv.py) fill it.
     findings:       optional float tensor N×K, one column per DataBundle.finding_names: 1 present,
                     0 absent, NaN unknown (not read). Several can be 1 on one image (multi-task
-                    learning, explore/multilabel.py); `labels` stays the pneumonia class label.
+                    learning, explore/training/multilabel.py); `labels` stays the pneumonia class label.
     """
 
     images: torch.Tensor

@@ -1,6 +1,6 @@
 """A disk cache of whole decoded bundles, so a fresh training worker process does not redo the decoding.
 
-Runs train in worker processes (explore.jobs), and a process cannot see another's memory: without
+Runs train in worker processes (explore.training.jobs), and a process cannot see another's memory: without
 this cache every new worker would regenerate the built-in synthetic set (about 18 s for the default
 128 px set on a 2-core CPU) before its first epoch. Reading the cached tensors back takes a fraction
 of a second.

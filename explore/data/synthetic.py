@@ -425,21 +425,8 @@ def _draw_anatomy(p: dict, acq: dict, x: torch.Tensor, y: torch.Tensor, edge: to
     # the domes (as on a real film). The heart is thickest, so brightest, in its middle.
     heart_density = torch.maximum(heart * heart_thickness, 0.85 * mediastinum)
     image = image + body * torch.maximum(0.20 * heart_density, 0.17 * below_dome)
-    # The gas bubble in the stomach, under the left dome.
-    stomach = _ellipse(x, y, c["lung_center_x"] + 0.06, dome_top + 0.20, 0.10, 0.06)
-    image = image - 0.10 * _inside(stomach, soft(0.05))
-    # Breast shadows: a normal soft-tissue variant over the lower zones.
-    breast = _inside(_ellipse(ax, y, c["lung_center_x"] + 0.12, c["diaphragm_y"] + 0.05, 0.32, 0.26), 0.08)
-    image = image + c["breast"] * breast * body
-
-    # Spine: vertebral bodies with darker disc spaces, seen through the mediastinum.
-    spine = _inside(ax - 0.075, soft(0.02)) * body
-    spacing = (c["diaphragm_y"] - c["lung_apex_y"]) / 8.0
-    disc = _inside(-torch.cos(2 * math.pi * (y - c["lung_apex_y"]) / (spacing * 0.9)) + 0.8, 0.1)
-    image = image + spine * (0.06 - 0.025 * disc) * torch.maximum(central, below_dome)
-    # Trachea: a dark air column down the middle to the carina.
-    trachea = _inside(ax - 0.04, soft(0.03)) * _inside(y - knob_y, soft(0.06))
-    image = image - trachea * 0.07
+    image, spacing = _stomach_breasts_spine_trachea(image, c, x, y, ax, soft, body, dome_top, knob_y,
+                                                    torch.maximum(central, below_dome))
 
     # Ribs and clavicles: bone, bright over the dark lungs and fainter over soft tissue.
     image = image + _ribs(c, y, ax, spacing, soft(0.015)) * (0.45 + 0.55 * aerated) * body
@@ -454,6 +441,25 @@ def _draw_anatomy(p: dict, acq: dict, x: torch.Tensor, y: torch.Tensor, edge: to
     if findings:  # the fluid is homogeneous and as dense as the abdomen under the dome
         image = image + 0.17 * findings["effusion"] * body
     return image, lung, lesion, findings
+
+
+def _stomach_breasts_spine_trachea(image, c, x, y, ax, soft, body, dome_top, knob_y, dense_middle):
+    """The soft-tissue and midline details drawn over the torso, in the order that keeps images bit-identical.
+    Returns the image and the vertebral spacing (the ribs use it)."""
+    # The gas bubble in the stomach, under the left dome.
+    stomach = _ellipse(x, y, c["lung_center_x"] + 0.06, dome_top + 0.20, 0.10, 0.06)
+    image = image - 0.10 * _inside(stomach, soft(0.05))
+    # Breast shadows: a normal soft-tissue variant over the lower zones.
+    breast = _inside(_ellipse(ax, y, c["lung_center_x"] + 0.12, c["diaphragm_y"] + 0.05, 0.32, 0.26), 0.08)
+    image = image + c["breast"] * breast * body
+    # Spine: vertebral bodies with darker disc spaces, seen through the mediastinum and the domes.
+    spine = _inside(ax - 0.075, soft(0.02)) * body
+    spacing = (c["diaphragm_y"] - c["lung_apex_y"]) / 8.0
+    disc = _inside(-torch.cos(2 * math.pi * (y - c["lung_apex_y"]) / (spacing * 0.9)) + 0.8, 0.1)
+    image = image + spine * (0.06 - 0.025 * disc) * dense_middle
+    # Trachea: a dark air column down the middle to the carina.
+    trachea = _inside(ax - 0.04, soft(0.03)) * _inside(y - knob_y, soft(0.06))
+    return image - trachea * 0.07, spacing
 
 
 def _body(c, x, y, ax, soft):

@@ -1,0 +1,1 @@
+"""Benchmarks and soak tests, outside the importable library (`python -m explore bench`)."""

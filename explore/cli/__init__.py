@@ -1,0 +1,1 @@
+"""The command line (`python -m explore ...`): one module per command group."""

@@ -1,0 +1,1 @@
+"""Insight into trained runs: attribution and its report card, mismatch analysis and adaptation, architecture and run comparison."""

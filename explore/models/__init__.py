@@ -1,0 +1,1 @@
+"""Model families: the registry, the course's architectures, pretrained backbones and their weights."""

@@ -1,0 +1,1 @@
+"""Training: run config, the loop, the feature cache, jobs and workers, the run store, presets."""
