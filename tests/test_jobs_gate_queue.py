@@ -125,7 +125,7 @@ def test_one_worker_per_gpu_each_run_pinned_to_its_own(runs_dir, monkeypatch):
     assert worker_devices(3) == ["cuda:0", "cuda:1", "cuda:0"]
     both_started, release, seen = threading.Barrier(3), threading.Event(), {}
 
-    def fake_execute_run(store, run_id, should_stop, device=None):  # stands in for training on that GPU
+    def fake_execute_run(store, run_id, should_stop, device=None, bundle=None):  # stands in for training on that GPU
         seen[run_id] = device
         both_started.wait(timeout=30)
         release.wait(timeout=30)
@@ -144,3 +144,28 @@ def test_one_worker_per_gpu_each_run_pinned_to_its_own(runs_dir, monkeypatch):
     release.set()
     assert manager.wait_idle(timeout=30)
     manager.close()
+
+
+def test_a_bundle_provider_hands_each_queued_run_its_data(runs_dir):
+    """The seam page tests use: the manager asks `bundles` for the data of each run's DataSpec (in this
+    process only), so a run trains on exactly the bundle the test means."""
+    asked = []
+
+    def tiny(spec):
+        asked.append(spec)
+        return make_bundle(16, 16, 16, 16, spec.num_classes)
+
+    store = RunStore(runs_dir)
+    manager = JobManager(max_concurrent=1, executor="thread", bundles=tiny)
+    spec = DataSpec(image_size=32, seed=77)
+    [run_id] = manager.submit(store, [RunConfig(data=spec, model="cnn", epochs=1, name="seam")])
+    assert manager.wait_idle(120)
+    manager.close()
+    record = store.load(run_id)
+    assert record.state == "finished" and asked == [spec]
+    assert record.summary["image_size"] == 16  # the provider's bundle, not a 32 px synthetic set
+
+
+def test_a_bundle_provider_cannot_reach_worker_processes():
+    with pytest.raises(ValueError, match="executor='thread'"):
+        JobManager(max_concurrent=0, executor="process", bundles=lambda spec: None)

@@ -6,7 +6,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-import explore.training.train
 import pages.common
 from conftest import make_bundle
 from explore.training.jobs import JobManager
@@ -28,8 +27,7 @@ def bundle_with_findings(spec):
 @pytest.fixture
 def store(runs_dir, monkeypatch) -> RunStore:
     monkeypatch.setenv("EXPLORE_RUNS_DIR", str(runs_dir))
-    monkeypatch.setattr(explore.training.train, "load_bundle", bundle_with_findings)
-    manager = JobManager(max_concurrent=1, executor="thread")
+    manager = JobManager(max_concurrent=1, executor="thread", bundles=bundle_with_findings)
     monkeypatch.setattr(pages.common, "job_manager", lambda: manager)
     yield RunStore(runs_dir)
     manager.wait_idle(120)

@@ -13,7 +13,6 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-import explore.training.train
 import pages.common
 from conftest import make_bundle
 from explore.data import DataSpec
@@ -26,9 +25,9 @@ TRAIN_PAGE = str(Path(__file__).resolve().parents[1] / "pages/train.py")
 @pytest.fixture
 def store(runs_dir, monkeypatch) -> RunStore:
     monkeypatch.setenv("EXPLORE_RUNS_DIR", str(runs_dir))
-    # Every run trains on a tiny learnable bundle instead of the 2,400-image synthetic set.
-    monkeypatch.setattr(explore.training.train, "load_bundle", lambda spec: make_bundle(32, 64, 32, 32, spec.num_classes))
-    manager = JobManager(max_concurrent=1, executor="thread")
+    # Every run the page queues trains on a tiny learnable bundle instead of the 2,400-image synthetic set.
+    manager = JobManager(max_concurrent=1, executor="thread",
+                         bundles=lambda spec: make_bundle(32, 64, 32, 32, spec.num_classes))
     monkeypatch.setattr(pages.common, "job_manager", lambda: manager)
     yield RunStore(runs_dir)
     manager.wait_idle(120)  # never leave a run training into the next test

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import explore.training.train
 import pages.common
 from conftest import make_bundle
 from explore.data import DataSpec
@@ -21,9 +20,8 @@ SPEC = DataSpec(image_size=32, seed=1515)  # its own cache key: the page's share
 def store(runs_dir, monkeypatch) -> RunStore:
     monkeypatch.setenv("EXPLORE_RUNS_DIR", str(runs_dir))
     tiny = lambda spec: make_bundle(32, 64, 32, 32, spec.num_classes)  # noqa: E731
-    monkeypatch.setattr(explore.training.train, "load_bundle", tiny)
-    monkeypatch.setattr(pages.common, "load_bundle", tiny)
-    manager = JobManager(max_concurrent=1, executor="thread")  # in this process, so the tiny data reaches it
+    monkeypatch.setattr(pages.common, "load_bundle", tiny)  # the page's own look at the data (the LR finder)
+    manager = JobManager(max_concurrent=1, executor="thread", bundles=tiny)  # the runs it queues  # in this process, so the tiny data reaches it
     monkeypatch.setattr(pages.common, "job_manager", lambda: manager)
     yield RunStore(runs_dir)
     manager.wait_idle(120)

@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 
 from explore.training import ray_backend  # imports ray only when a Ray executor is used
+from explore.data import DataBundle, DataSpec
 from explore.training.config import RunConfig
 from explore.device import reuse_freed_memory
 from explore.training.fairqueue import FairQueue
@@ -100,10 +101,12 @@ class JobManager:
               "ray" sends each run to a Ray cluster (the default when the settings' EXPLORE_RAY_ADDRESS
               is set; explore.training.ray_backend): the same gate, queue and Stop, one slot per cluster GPU.
     max_concurrent=0 makes a queue without workers: runs wait until stopped (page tests of the gate).
+    bundles (executor "thread" only): the data each run trains on, given its config's DataSpec, instead of
+              load_bundle; the seam through which page tests hand the runs a page queues tiny data.
     """
 
     def __init__(self, max_concurrent: int | None = None, settings: AppSettings | Callable[[], AppSettings] | None = None,
-                 executor: str | None = None):
+                 executor: str | None = None, bundles: Callable[[DataSpec], DataBundle] | None = None):
         self._settings = settings if callable(settings) else (lambda: settings) if settings else load_settings
         ray_address = self._settings().ray_address
         self.executor = executor or executor_name() or ("ray" if ray_address else "process")
@@ -112,6 +115,9 @@ class JobManager:
         if self.executor == "ray":
             ray_backend.connect(ray_address)  # a clear ClusterError when ray is missing or the cluster unreachable
         self.max_concurrent = default_worker_count(self.executor) if max_concurrent is None else max_concurrent
+        if bundles is not None and self.executor != "thread":
+            raise ValueError("bundles= reaches runs only in this process: use executor='thread'")
+        self._bundles = bundles
         if self.executor == "thread":
             reuse_freed_memory()  # training shares this process: tune malloc before the worker threads start
         self._lock = threading.Lock()
@@ -271,8 +277,7 @@ class JobManager:
                 if self.executor != "thread":
                     self._train_in_process(worker, job)
                 else:
-                    for _ in execute_run(job.store, job.run_id, job.stop.is_set, device=worker.device):
-                        pass
+                    self._train_in_thread(worker, job)
             except Exception as error:  # never let the worker thread die; never leave the run 'queued' forever
                 traceback.print_exc()
                 if job.store.load(job.run_id, with_metrics=False).state in ("queued", "running"):
@@ -280,6 +285,14 @@ class JobManager:
                                                                f"{type(error).__name__}: {error}")
             finally:
                 self._finished(worker, job)
+
+    def _train_in_thread(self, worker: Worker, job: Job) -> None:
+        bundle = None
+        if self._bundles is not None:
+            config = job.store.load(job.run_id, with_metrics=False).config
+            bundle = self._bundles(config.data) if config is not None else None
+        for _ in execute_run(job.store, job.run_id, job.stop.is_set, device=worker.device, bundle=bundle):
+            pass
 
     def _start_process(self, worker: Worker) -> None:
         if self.executor == "ray":
