@@ -463,7 +463,7 @@ def bench_live(settings: Settings) -> dict:
 # ----------------------------------------------------------------------------- 4. attribution
 def bench_attribution(settings: Settings) -> dict:
     try:
-        from explore.insight.attribution import benchmark_attribution
+        from benchmarks.attribution_bench import benchmark_attribution
     except ImportError:
         return {"available": False, "note": "not available: explore.insight.attribution.benchmark_attribution is missing"}
     per_method: dict[str, list[float]] = {}

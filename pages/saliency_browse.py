@@ -5,12 +5,13 @@ import streamlit as st
 
 from explore.insight import attribution as attr
 from explore.insight.browse import BROWSE_TITLES, confusion
+from explore.insight import saliency_views
 from pages.common import loaded_run
 
 
 @st.cache_data(max_entries=64, show_spinner="Computing attribution maps…")
 def explain(root, run_id, split, index, method, target, smooth, device: str):
-    return attr.explain_images(loaded_run(root, run_id), split, list(index), method, target, smooth, device)
+    return saliency_views.explain_images(loaded_run(root, run_id), split, list(index), method, target, smooth, device)
 
 
 def pick_cell(true: int, predicted: int):
@@ -47,7 +48,8 @@ def browse_maps(loaded, root: str, run_id: str, method: str, target: str | int, 
                 continue
             pictures = explain(root, run_id, split, tuple(index), method, target, smooth, device)
             cards = st.columns(2)
-            for n, card in enumerate(attr.explained_cards(loaded, split, index, outcome, pictures, method, classes)):
+            cards_of = saliency_views.explained_cards(loaded, split, index, outcome, pictures, method, classes)
+            for n, card in enumerate(cards_of):
                 with cards[n % 2]:
                     st.image(card["picture"], width="stretch", caption=card["caption"])
                     st.caption(card["line"])

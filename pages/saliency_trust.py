@@ -6,17 +6,18 @@ import streamlit as st
 
 from explore.insight import attribution as attr
 from explore import charts
+from explore.insight import saliency_views
 from pages.common import loaded_run
 
 
 @st.cache_data(max_entries=8, show_spinner="Measuring where the attribution falls (four methods, val and test)…")
 def shares(root, run_id, target, n_images, device: str):
-    return attr.run_shares(loaded_run(root, run_id), device, target, n_images)
+    return saliency_views.run_shares(loaded_run(root, run_id), device, target, n_images)
 
 
 @st.cache_data(max_entries=16, show_spinner="Randomising the model layer by layer and recomputing the maps…")
 def sanity(root, run_id, method, target, smooth, max_stages, device: str):
-    return attr.sanity_pictures(loaded_run(root, run_id), device, method, target, smooth, max_stages)
+    return saliency_views.sanity_pictures(loaded_run(root, run_id), device, method, target, smooth, max_stages)
 
 
 def where_it_falls(root: str, run_id: str, target: str, device) -> None:
@@ -29,12 +30,12 @@ def where_it_falls(root: str, run_id: str, target: str, device) -> None:
         return
     rows = shares(root, run_id, target, n_images, device)
     percent = st.column_config.NumberColumn
-    st.dataframe(pd.DataFrame(attr.shares_table(rows)), hide_index=True, column_config={
+    st.dataframe(pd.DataFrame(saliency_views.shares_table(rows)), hide_index=True, column_config={
         "area": percent("area of the image", format="percent"),
         "val_share": percent("share on val (site A)", format="percent"),
         "test_share": percent("share on test (site B)", format="percent")})
     st.altair_chart(charts.region_shares(rows, {name: m.title for name, m in attr.METHODS.items()}))
-    for sentence in attr.describe_shares(rows):
+    for sentence in saliency_views.describe_shares(rows):
         st.markdown(f"- {sentence}")
 
 

@@ -18,6 +18,9 @@ from explore.training.jobs import execute_run
 from explore.models.registry import build_model
 from explore.training.store import RunStore
 from explore.training.train import InputPipeline
+from explore.insight import regions, saliency_views, sanity
+from explore.cli import attribute
+from benchmarks import attribution_bench
 from conftest import make_bundle
 
 SIZE = 32
@@ -171,7 +174,7 @@ def test_attribution_never_changes_the_model(bundle, pipeline):
     images = bundle.val.images[:4]
     for method in A.METHODS:
         A.attribute(explainer, images, method, n_steps=4)
-    A.randomisation_check(explainer, images, "saliency", max_stages=2)
+    sanity.randomisation_check(explainer, images, "saliency", max_stages=2)
     after = model.state_dict()
     assert before.keys() == after.keys()
     for key in before:
@@ -200,15 +203,15 @@ def test_targets(bundle, pipeline):
 
 
 def test_spearman_and_ranks():
-    assert A.spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([10.0, 20, 30, 40])) == pytest.approx(1.0)
-    assert A.spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([4.0, 3, 2, 1])) == pytest.approx(-1.0)
-    assert A.rank(torch.tensor([5.0, 1.0, 5.0, 3.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
+    assert sanity.spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([10.0, 20, 30, 40])) == pytest.approx(1.0)
+    assert sanity.spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([4.0, 3, 2, 1])) == pytest.approx(-1.0)
+    assert sanity.rank(torch.tensor([5.0, 1.0, 5.0, 3.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
     # ties: ranks a = [0, 1.5, 1.5, 3], b = [0, 2, 1, 3] → Pearson of the ranks
     ra, rb = torch.tensor([0, 1.5, 1.5, 3]), torch.tensor([0.0, 2, 1, 3])
     ra, rb = ra - ra.mean(), rb - rb.mean()
     expected = float((ra * rb).sum() / (ra.norm() * rb.norm()))
-    assert A.spearman(torch.tensor([1.0, 2, 2, 3]), torch.tensor([1.0, 3, 2, 4])) == pytest.approx(expected)
-    assert A.spearman(torch.ones(5), torch.arange(5.0)) == 0.0
+    assert sanity.spearman(torch.tensor([1.0, 2, 2, 3]), torch.tensor([1.0, 3, 2, 4])) == pytest.approx(expected)
+    assert sanity.spearman(torch.ones(5), torch.arange(5.0)) == 0.0
 
 
 def test_attribution_shares_against_hand_counts():
@@ -216,20 +219,20 @@ def test_attribution_shares_against_hand_counts():
     maps[0, 0, 0], maps[0, 3, 3], maps[0, 1, 1] = 3.0, 1.0, -5.0  # negative attribution does not count
     mask = torch.zeros(2, 4, 4, dtype=torch.bool)
     mask[0, 0, 0] = True
-    shares = A.attribution_shares(maps, {"m": mask})["m"]
+    shares = regions.attribution_shares(maps, {"m": mask})["m"]
     assert shares[0].item() == pytest.approx(0.75)
     assert math.isnan(shares[1].item())  # empty mask and an all-zero map: undefined, not 0
-    regions = A.geometric_regions(10)
-    assert regions["centre"].sum() == 36 and regions["corners"].sum() == 16
-    assert not (regions["centre"] & regions["border"]).any()
+    geometric = regions.geometric_regions(10)
+    assert geometric["centre"].sum() == 36 and geometric["corners"].sum() == 16
+    assert not (geometric["centre"] & geometric["border"]).any()
 
 
 def test_cascade_stages_go_from_the_top():
     names = [f"l{i}" for i in range(10)]
-    stages = A.cascade_stages(names, max_stages=4)
+    stages = sanity.cascade_stages(names, max_stages=4)
     assert stages[0][-1] == "l9" and stages[-1] == names
     assert [len(s) for s in stages] == sorted(len(s) for s in stages)
-    assert A.cascade_stages(["a", "b"], 6) == [["b"], ["a", "b"]]
+    assert sanity.cascade_stages(["a", "b"], 6) == [["b"], ["a", "b"]]
 
 
 def test_outcomes_cells_and_top_losses():
@@ -261,12 +264,12 @@ def test_trained_cnn_looks_at_the_lesion_more_than_its_randomised_copy(trained_r
     loaded = A.load_run(store, run_id, bundle=bundle)
     explainer = loaded.explainer()
     index = torch.nonzero(bundle.val.labels == 1).flatten()[:8]
-    masks = A.region_masks(bundle.val, index)
-    lesion_area = A.area_shares(masks)["lesion"]
+    masks = regions.region_masks(bundle.val, index)
+    lesion_area = regions.area_shares(masks)["lesion"]
     for method in ("saliency", "integrated_gradients", "gradcam", "occlusion"):
-        check = A.randomisation_check(explainer, bundle.val.images[index], method, max_stages=1)
-        trained = A.nanmean(A.attribution_shares(check["original"], masks)["lesion"])
-        randomised = A.nanmean(A.attribution_shares(check["stages"][-1]["maps"], masks)["lesion"])
+        check = sanity.randomisation_check(explainer, bundle.val.images[index], method, max_stages=1)
+        trained = regions.nanmean(regions.attribution_shares(check["original"], masks)["lesion"])
+        randomised = regions.nanmean(regions.attribution_shares(check["stages"][-1]["maps"], masks)["lesion"])
         assert trained > randomised + 0.05, (method, trained, randomised)
         assert trained > 2 * lesion_area, (method, trained, lesion_area)
         assert check["stages"][-1]["layers"] == len(check["layers"])
@@ -275,22 +278,21 @@ def test_trained_cnn_looks_at_the_lesion_more_than_its_randomised_copy(trained_r
 def test_where_attribution_falls_rows(trained_run, bundle):
     store, run_id = trained_run
     loaded = A.load_run(store, run_id, bundle=bundle)
-    rows = A.where_attribution_falls(loaded.explainer(), {"val": bundle.val, "test": bundle.test},
-                                     methods=("saliency", "gradcam"), n_images=6)
-    regions = {r["region"] for r in rows}
-    assert regions == {"lung", "lesion", "marker", "centre", "border", "corners"}
+    rows = regions.where_attribution_falls(loaded.explainer(), {"val": bundle.val, "test": bundle.test},
+                                           methods=("saliency", "gradcam"), n_images=6)
+    assert {r["region"] for r in rows} == {"lung", "lesion", "marker", "centre", "border", "corners"}
     centre = next(r for r in rows if r["method"] == "saliency" and r["split"] == "val" and r["region"] == "centre")
     assert 0 <= centre["share"] <= 1
     assert centre["area"] == pytest.approx(20 * 20 / 32**2)  # 6-px borders (20% of 32) around a 20×20 centre
     assert any(r["share"] is None for r in rows if r["region"] == "marker")  # no markers in the tiny bundle
-    table = A.shares_table(rows)
+    table = saliency_views.shares_table(rows)
     assert {"val_share", "test_share"} <= set(table[0])
 
 
 def test_cli_writes_one_png_per_image(trained_run, tmp_path, capsys):
     store, run_id = trained_run
     out = tmp_path / "maps"
-    code = A.cli_main(["--run", str(store.path(run_id)), "--method", "gradcam", "--split", "test", "--n", "3",
+    code = attribute.cli_main(["--run", str(store.path(run_id)), "--method", "gradcam", "--split", "test", "--n", "3",
                        "--out", str(out), "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
@@ -299,7 +301,7 @@ def test_cli_writes_one_png_per_image(trained_run, tmp_path, capsys):
         assert {"path_or_id", "label", "pred", "prob", "png", "lung_share", "lesion_share", "marker_share"} <= set(item)
         assert (out / item["png"].rsplit("/", 1)[-1]).exists()
         assert 0.0 <= item["prob"] <= 1.0
-    code = A.cli_main(["--run", str(tmp_path / "nope"), "--out", str(out)])
+    code = attribute.cli_main(["--run", str(tmp_path / "nope"), "--out", str(out)])
     assert code == 2 and "not a run folder" in capsys.readouterr().err
 
 
@@ -315,7 +317,7 @@ def test_overlay_colours():
 
 
 def test_benchmark_reports_every_method():
-    result = A.benchmark_attribution("lab4_gap", image_size=32, n_images=2, repeats=1)
+    result = attribution_bench.benchmark_attribution("lab4_gap", image_size=32, n_images=2, repeats=1)
     assert set(result["ms_per_image"]) == set(A.METHODS)
     assert all(v > 0 for v in result["ms_per_image"].values())
 
@@ -329,7 +331,7 @@ def test_describe_shares_names_markers_and_val_test_differences():
         {"method": "saliency", "split": "val", "region": "lung", "share": 0.40, "area": 0.25},
         {"method": "saliency", "split": "test", "region": "lung", "share": 0.41, "area": 0.25},
     ]
-    sentences = A.describe_shares(rows)
+    sentences = saliency_views.describe_shares(rows)
     assert sentences[0].startswith("Grad-CAM: 10.0% of the positive attribution on val falls on burned-in markers")
     assert "10× their area" in sentences[0]
     assert any("inside the lungs is 50% on val (site A) but 20% on test" in s for s in sentences)

@@ -15,6 +15,7 @@ from explore.training.config import RunConfig
 from explore.data import DataSpec
 from explore.training.jobs import execute_run
 from explore.training.store import RunStore
+from explore.insight import saliency_views
 from test_page_multitask import bundle_with_findings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def test_each_finding_is_its_own_logit_and_target(runs_root, bundle):
     assert positive.target.tolist() == [0] * 3  # "positive" = pneumonia among the findings
     with pytest.raises(ValueError, match="target index 3"):
         attr.attribute(explainer, images, "saliency", 3)
-    pictures = attr.explain_images(loaded, "val", [0, 1], "saliency", 2)
+    pictures = saliency_views.explain_images(loaded, "val", [0, 1], "saliency", 2)
     assert pictures["targets"] == ["effusion", "effusion"]
     outcome = loaded.outcomes("val", 2)
     assert torch.equal(outcome["labels"], bundle.val.findings[:, 1].long())

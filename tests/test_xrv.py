@@ -288,7 +288,7 @@ def test_lesion_box_outline_on_a_zoomed_picture():
 
 def test_saliency_scores_attributions_against_the_real_boxes(nih_dir):
     """The Saliency page's 'where the attribution falls' gets a lesion region from the NIH box."""
-    from explore.insight.attribution import attribution_shares, region_masks
+    from explore.insight.regions import attribution_shares, region_masks
 
     root, boxed = nih_dir[0], nih_dir[4]
     bundle = load_bundle(DataSpec(source=f"xrv:nih:{root}", image_size=64))

@@ -16,7 +16,7 @@ COMMANDS = {
     "presets": ("explore.training.presets", "list the homework presets"),
     "lr-find": ("explore.training.lr_finder", "learning-rate range test: loss against a rising rate, a suggested rate"),
     "fetch-weights": ("explore.training.transfer", "download pretrained weights (ImageNet, chest X-ray)"),
-    "attribute": ("explore.insight.attribution", "write saliency overlays for a finished run"),
+    "attribute": ("explore.cli.attribute", "write saliency overlays for a finished run"),
     "explain-report": ("explore.cli.explain:explain_report_main", "report card per attribution method: faithfulness, stability…"),
     "roar": ("explore.cli.explain:roar_main", "remove and retrain: train a run's ROAR group (methods × t, and random) and compare"),
     "mismatch": ("explore.insight.mismatch", "internal vs external metrics and the error decomposition"),

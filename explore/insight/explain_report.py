@@ -55,6 +55,7 @@ from explore.data import DataError, Split
 from explore.models.registry import build_model
 from explore.training.store import RunStore, StoreError, write_json
 from explore.training.train import InputPipeline
+from explore.insight import regions, sanity
 
 # The five rows of the card: (attribution method, SmoothGrad on?).
 CARD_METHODS: dict[str, tuple[str, bool]] = {
@@ -330,15 +331,15 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 def ground_truth(maps: torch.Tensor, split: Split, index: torch.Tensor) -> dict:
     """Lesion share vs lesion area, pointing-game hit rate, marker share; None where the split has no masks."""
     out = {"lesion_share": None, "lesion_area": None, "pointing_game": None, "marker_share": None, "marker_area": None}
-    masks = attr.region_masks(split, index)
-    shares = attr.attribution_shares(maps, masks)
-    areas = attr.area_shares(masks)
+    masks = regions.region_masks(split, index)
+    shares = regions.attribution_shares(maps, masks)
+    areas = regions.area_shares(masks)
     for region in ("lesion", "marker"):
         if region in split.masks and bool(masks[region].any()):
-            out[f"{region}_share"] = attr.nanmean(shares[region])
+            out[f"{region}_share"] = regions.nanmean(shares[region])
             out[f"{region}_area"] = areas[region]
     if "lesion" in split.masks and bool(masks["lesion"].any()):
-        out["pointing_game"] = attr.nanmean(pointing_game(maps, masks["lesion"]))
+        out["pointing_game"] = regions.nanmean(pointing_game(maps, masks["lesion"]))
     return out
 
 
@@ -365,9 +366,9 @@ def model_randomisation_spearman(explainer: Explainer, images: torch.Tensor, map
     example = torch.zeros(1, 1, explainer.image_size, explainer.image_size, device=explainer.device)
     layers = [name for name, _ in attr.parameter_layers(explainer.model, example)]
     # seed + 1: a model built from the same seed as the training run would otherwise get its initial weights back
-    random_maps = attr.attribute(attr.randomised_copy(explainer, layers, seed + 1), images, method, target, smooth,
+    random_maps = attr.attribute(sanity.randomised_copy(explainer, layers, seed + 1), images, method, target, smooth,
                                  batch_size=chunk_size(explainer), with_probs=False).maps
-    return float(np.mean([attr.spearman(a.abs(), b.abs()) for a, b in zip(maps, random_maps)]))
+    return float(np.mean([sanity.spearman(a.abs(), b.abs()) for a, b in zip(maps, random_maps)]))
 
 
 def data_randomisation_spearman(permuted: Explainer | None, images: torch.Tensor, maps: torch.Tensor,
@@ -377,11 +378,11 @@ def data_randomisation_spearman(permuted: Explainer | None, images: torch.Tensor
         return None
     other = attr.attribute(permuted, images, method, target, smooth, batch_size=chunk_size(permuted),
                            with_probs=False).maps
-    return float(np.mean([attr.spearman(a.abs(), b.abs()) for a, b in zip(maps, other)]))
+    return float(np.mean([sanity.spearman(a.abs(), b.abs()) for a, b in zip(maps, other)]))
 
 
 def _mean(values: torch.Tensor) -> float | None:
-    return attr.nanmean(values.float())
+    return regions.nanmean(values.float())
 
 
 def _rounded(values, digits: int = 4) -> list:
@@ -416,7 +417,7 @@ class SplitSample:
 
 
 def sample_split(explainer: Explainer, split: Split, settings: ReportSettings, scorer: Scorer) -> SplitSample:
-    index = attr.balanced_sample(split.labels, settings.n_images, settings.seed)
+    index = regions.balanced_sample(split.labels, settings.n_images, settings.seed)
     images = split.images[index]
     x = explainer.inputs(images)
     target = attr.resolve_target(explainer, x, settings.target)
