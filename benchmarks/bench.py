@@ -377,9 +377,9 @@ def bench_precision(settings: Settings) -> dict:
 # ----------------------------------------------------------------------------- 2. frozen transfer
 def bench_frozen(settings: Settings) -> dict:
     try:
-        from explore.training.transfer import benchmark_frozen_cache
+        from benchmarks.frozen_bench import benchmark_frozen_cache
     except ImportError:
-        return {"available": False, "note": "not available: explore.training.transfer.benchmark_frozen_cache is missing"}
+        return {"available": False, "note": "not available: benchmarks.frozen_bench.benchmark_frozen_cache is missing"}
     # 224 px: the input size of the course's transfer-learning homework (ImageNet backbones).
     size = 64 if settings.quick else 224
     counts = dict(n_train=64, n_val=16, n_test=16) if settings.quick else dict(n_train=300, n_val=50, n_test=50)
@@ -482,7 +482,7 @@ def bench_attribution(settings: Settings) -> dict:
 def bench_explain(settings: Settings) -> dict:
     """The report card for the fast pair (Saliency, Grad-CAM) as the page computes it, val and test side by
     side: the issue's goal is < 10 s for 16 images per split at 128 px on the 2-core CPU."""
-    from explore.insight.explain_report import benchmark_report
+    from benchmarks.report_bench import benchmark_report
 
     device = None if settings.device == "auto" else settings.device
     load_before = os.getloadavg()[0]

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import explore.insight.explain_report as R
+from explore.cli.explain import permuted_explainer
 from explore.insight import attribution as A
 from explore.training.config import RunConfig
 from explore.data import Split
@@ -272,7 +273,7 @@ def test_the_shuffled_label_run_is_found_and_compared(tmp_path, register_data):
     assert R.find_data_randomisation_run(store, other) == (None, None)  # a different run's copy does not count
 
     loaded = A.load_run(store, original, bundle=bundle)
-    permuted_id, permuted = R.permuted_explainer(loaded)
+    permuted_id, permuted = permuted_explainer(loaded)
     assert permuted_id == shuffled
     settings = R.ReportSettings(methods=("saliency",), n_images=4, splits=("val",), n_perturb=2)
     report = R.compute_report(loaded.explainer(), {"val": bundle.val}, settings, permuted)

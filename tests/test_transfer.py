@@ -16,6 +16,8 @@ from explore.training.train import TrainingRun
 from explore.training.transfer import (BACKBONES, FeatureCache, FrozenFeatureRun, TransferNet, WeightsUnavailable,
                               build_for_run, build_transfer_model, param_groups, transfer_config, weights_path,
                               weights_status)
+from explore.cli import fetch_weights
+from benchmarks import frozen_bench
 
 from conftest import make_bundle
 
@@ -273,12 +275,12 @@ def test_train_cli_transfer_end_to_end(bundle, runs_dir, register_data, capsys, 
 
 
 def test_fetch_weights_cli_offline_and_cached(capsys):
-    assert transfer.cli_main(["resnet18"]) == 1
+    assert fetch_weights.cli_main(["resnet18"]) == 1
     assert "fetch-weights" in capsys.readouterr().out
     put_fake_imagenet_weights("resnet18")
-    assert transfer.cli_main(["resnet18", "--json"]) == 0
+    assert fetch_weights.cli_main(["resnet18", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["available"] is True
-    assert transfer.cli_main(["vgg99"]) == 2
+    assert fetch_weights.cli_main(["vgg99"]) == 2
 
 
 # ----- tables and the benchmark ----------------------------------------------------------
@@ -315,7 +317,7 @@ def test_comparison_table_holds_the_group_numbers():
 
 def test_benchmark_reports_cached_vs_recomputed_epochs(bundle):
     small = make_bundle(size=SIZE, n_train=16, n_val=8, n_test=8)
-    result = transfer.benchmark_frozen_cache("mobilenet_v3_small", epochs=1, bundle=small, device="cpu")
+    result = frozen_bench.benchmark_frozen_cache("mobilenet_v3_small", epochs=1, bundle=small, device="cpu")
     assert result["train_images"] == len(small.train) and result["feature_pass_seconds"] > 0
     assert result["speedup"] == pytest.approx(result["recompute_seconds_per_epoch"] / result["cached_seconds_per_epoch"])
     assert result["speedup"] > 1

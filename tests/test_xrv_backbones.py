@@ -14,6 +14,7 @@ from explore.training.runs import make_run
 from explore.training.transfer import (BACKBONES, FrozenFeatureRun, WeightsUnavailable, build_for_run, build_transfer_model,
                               transfer_config, weights_path, weights_status)
 from explore.models.xrv_backbones import xrv_cache_dir
+from explore.cli import fetch_weights
 
 from conftest import make_bundle
 
@@ -133,10 +134,10 @@ def test_a_file_holding_other_classes_is_refused_not_unpickled():
 
 
 def test_fetch_weights_cli_reports_the_xray_file(capsys):
-    assert transfer.cli_main(["xrv_densenet121"]) == 1  # offline, not there
+    assert fetch_weights.cli_main(["xrv_densenet121"]) == 1  # offline, not there
     assert xrv_cache_dir().name in capsys.readouterr().out
     put_fake_xrv_densenet()
-    assert transfer.cli_main(["xrv_densenet121", "--json"]) == 0
+    assert fetch_weights.cli_main(["xrv_densenet121", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["weights"] == "torchxrayvision:densenet121-res224-all"
 
 

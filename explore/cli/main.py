@@ -15,7 +15,7 @@ COMMANDS = {
     "train": ("explore.cli.train", "train a model or a homework preset; JSON lines per epoch"),
     "presets": ("explore.training.presets", "list the homework presets"),
     "lr-find": ("explore.training.lr_finder", "learning-rate range test: loss against a rising rate, a suggested rate"),
-    "fetch-weights": ("explore.training.transfer", "download pretrained weights (ImageNet, chest X-ray)"),
+    "fetch-weights": ("explore.cli.fetch_weights", "download pretrained weights (ImageNet, chest X-ray)"),
     "attribute": ("explore.cli.attribute", "write saliency overlays for a finished run"),
     "explain-report": ("explore.cli.explain:explain_report_main", "report card per attribution method: faithfulness, stability…"),
     "roar": ("explore.cli.explain:roar_main", "remove and retrain: train a run's ROAR group (methods × t, and random) and compare"),

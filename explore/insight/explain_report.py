@@ -32,12 +32,10 @@ the page's background thread and the tests all drain the same generator.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import hashlib
 import json
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -51,10 +49,8 @@ from captum.metrics import infidelity, sensitivity_max
 from explore.insight import attribution as attr
 from explore.insight.attribution import Explainer
 from explore.training.config import RunConfig
-from explore.data import DataError, Split
-from explore.models.registry import build_model
-from explore.training.store import RunStore, StoreError, write_json
-from explore.training.train import InputPipeline
+from explore.data import Split
+from explore.training.store import RunStore, write_json
 from explore.insight import regions, sanity
 
 # The five rows of the card: (attribution method, SmoothGrad on?).
@@ -764,109 +760,3 @@ class ReportJob:
         self.thread = threading.Thread(target=work, name="explain-report", daemon=True)
         self.thread.start()
         return self
-
-
-# ----------------------------------------------------------------------------- benchmark
-def benchmark_report(image_size: int = 128, n_images: int = 16, methods=FAST_METHODS, splits: int = 1,
-                     model_name: str = "hw3_cnn", device: torch.device | str | None = None) -> dict:
-    """Seconds for the whole card (every test) of `methods` on `n_images` per split, `splits` splits.
-
-    A randomly initialised model on random X-ray-sized images with a lesion box: the cost of the
-    tests depends on the image size, the model and the count, not on what the model learned.
-    """
-    torch.manual_seed(0)
-    model = build_model(model_name, image_size, 1).eval()
-    images = torch.randint(0, 256, (n_images, 1, image_size, image_size), dtype=torch.uint8)
-    lesion = torch.zeros(n_images, 1, image_size, image_size, dtype=torch.bool)
-    lesion[1::2, :, image_size // 4:image_size // 2, image_size // 4:image_size // 2] = True
-    split = Split(images=images, labels=torch.arange(n_images) % 2, sites=("A",) * n_images,
-                  ids=tuple(str(i) for i in range(n_images)), original_sizes=torch.full((n_images, 2), image_size),
-                  masks={"lesion": lesion})
-    explainer = attr.make_explainer(model, InputPipeline(RunConfig(), images), image_size, device)
-    names = ("val", "test")[:splits]
-    settings = ReportSettings(methods=tuple(methods), n_images=n_images, splits=names)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    report = compute_report(explainer, {name: split for name in names}, settings)
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    per_method = {name: round(sum(report["splits"][s]["methods"][name]["seconds"] for s in names), 3)
-                  for name in methods}
-    return {"model": model_name, "image_size": image_size, "n_images": n_images, "splits": splits,
-            "methods": list(methods), "seconds": round(seconds, 3), "seconds_per_method": per_method,
-            # CPU seconds of this process (all threads): on a busy shared machine, a check on the wall time
-            "cpu_seconds": round(cpu_seconds, 3),
-            "threads": torch.get_num_threads(), "device": str(explainer.device)}
-
-
-# ----------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m explore explain-report",
-                                description="The report card of the attribution methods for a finished run: "
-                                            "deletion/insertion curves, stability, randomisation, ground truth.")
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder, e.g. runs/20250101-120000-hw3-cnn-abc123")
-    p.add_argument("--n", type=int, default=16, help="images tested (balanced by class)")
-    p.add_argument("--methods", nargs="+", choices=list(CARD_METHODS), default=list(CARD_METHODS),
-                   help="methods to test (default: all five)")
-    p.add_argument("--split", choices=["val", "test"], default="val",
-                   help="val (site A, the training hospital) or test (site B)")
-    p.add_argument("--replacement", choices=list(REPLACEMENTS), default="blur",
-                   help="what removed pixels become in the deletion/insertion curves")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    return p
-
-
-def cli_report(report: dict, split_name: str) -> dict:
-    """The CLI's JSON: the nine figures per method (null where a test does not apply), split and image count."""
-    entry = report["splits"].get(split_name, {"methods": {}, "n_images": 0})
-    methods = {name: {key: m.get(key) for key in METRIC_KEYS} | {"data_randomisation_spearman":
-                                                                  m.get("data_randomisation_spearman")}
-               for name, m in entry["methods"].items()}
-    return {"methods": methods, "split": split_name, "n_images": entry["n_images"],
-            "replacement": report["replacement"], "noise": report["noise"], "target": report["target"],
-            "verdicts": {name: {c: v["verdict"] for c, v in verdicts(m).items()} for name, m in entry["methods"].items()},
-            "seconds": report["seconds"]}
-
-
-def permuted_explainer(loaded: attr.LoadedRun) -> tuple[str | None, Explainer | None]:
-    """The finished shuffled-label copy of a run, beside it in the same runs folder, if there is one."""
-    if loaded.config.permute_labels:
-        return None, None
-    store = RunStore(loaded.record.path.parent)
-    permuted_id, state = find_data_randomisation_run(store, loaded.config)
-    if state != "finished":
-        return None, None
-    return permuted_id, attr.load_run(store, permuted_id, bundle=loaded.bundle).explainer()
-
-
-def cli_main(argv: list[str] | None = None, roar_of=None) -> int:
-    """`explain-report`. `roar_of(run_dir) -> (results, lines)` adds the run's remove-and-retrain results
-    (explore.cli.explain passes it: this module sits below explore.insight.roar, which uses its pixel order)."""
-    args = build_parser().parse_args(argv)
-    try:
-        settings = ReportSettings(methods=tuple(dict.fromkeys(args.methods)), n_images=args.n, splits=(args.split,),
-                                  replacement=args.replacement)
-        loaded = attr.load_run_dir(args.run)
-        split = loaded.split(args.split)
-        if len(split) == 0:
-            raise DataError(f"this dataset has no {args.split} images")
-        permuted_id, permuted = permuted_explainer(loaded)
-        report = compute_report(loaded.explainer(), {args.split: split}, settings, permuted, on_progress=lambda p: print(
-            f"[{p.done}/{p.total}] {p.message}", file=sys.stderr))
-    except (StoreError, DataError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    report["permuted_run"] = permuted_id
-    save_report(args.run, settings, report, permuted_id)
-    out = cli_report(report, args.split)
-    out["roar"], roar_lines = roar_of(args.run) if roar_of else (None, [])
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return 0
-    print(f"{LEGEND}")
-    print(f"{args.split}: {out['n_images']} images; removed pixels become {out['replacement']}; {out['noise']}")
-    for row in card_rows(report):
-        print(f"  {row['method']:<24} " + "  ".join(f"{CARD_COLUMNS[c]}: {row[c]}" for c in CARD_COLUMNS))
-    for sentence in card_sentences(report):
-        print(f"- {sentence}")
-    for line in roar_lines:
-        print(line)
-    return 0

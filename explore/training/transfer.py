@@ -30,10 +30,8 @@ TransferNet feeds them one channel scaled to [-1024, 1024] at 224 / 512 px inste
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -49,7 +47,6 @@ from explore.models.backbones import (  # noqa: F401 (re-exported: callers and t
 )
 from explore.training.config import RunConfig
 from explore.data import DataBundle, DataSpec
-from explore.data.synthetic import generate_synthetic
 from explore.device import Placement
 from explore.models.registry import family_of
 from explore.training.store import save_tensors
@@ -377,64 +374,3 @@ def comparison_table(records):
             "Val − test accuracy (site shift)": _fmt(shift, "{:+.3f}"),
         }
     return pd.DataFrame(columns)
-
-
-def benchmark_frozen_cache(backbone: str = "mobilenet_v3_small", image_size: int = 224, n_train: int = 300,
-                           n_val: int = 50, n_test: int = 50, epochs: int = 5, batch_size: int = 32,
-                           device: str = "auto", bundle: DataBundle | None = None) -> dict:
-    """Frozen backbone, same head and data: cached features vs recomputing the backbone every epoch
-    (what the course's loop does). Random backbone weights: the timing does not depend on their values."""
-    if bundle is None:
-        bundle = generate_synthetic(image_size=image_size, seed=0, n_train=n_train, n_val=n_val, n_test=n_test)
-    config = transfer_config(backbone, "frozen", data=DataSpec(image_size=bundle.image_size), epochs=epochs,
-                             image_size=bundle.image_size, pretrained=False, batch_size=batch_size, device=device)
-    cached = FrozenFeatureRun(config, bundle, cache=FeatureCache(disk_dir=None))
-    recompute = TrainingRun(config, bundle)  # the same frozen model, backbone run in every batch
-
-    def epoch_seconds(run):
-        return (r["seconds"] for r in run.fit() if r["kind"] == "epoch")
-
-    # Alternate one epoch of each, so a busy machine slows both alike.
-    cached_s, recompute_s = zip(*zip(epoch_seconds(cached), epoch_seconds(recompute)))
-    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    return {
-        "backbone": backbone, "image_size": bundle.image_size, "train_images": len(bundle.train),
-        "eval_images": len(bundle.val) + len(bundle.test), "epochs": epochs, "batch_size": batch_size,
-        "device": cached.placement.describe(), "feature_pass_seconds": cached.feature_seconds,
-        "cached_seconds_per_epoch": median(cached_s), "recompute_seconds_per_epoch": median(recompute_s),
-        "speedup": median(recompute_s) / max(median(cached_s), 1e-9),
-        # On a shared, busy machine the fastest epoch of each is the least disturbed measurement.
-        "speedup_best_epochs": min(recompute_s) / max(min(cached_s), 1e-9),
-        "note": "epoch time includes evaluating val and test; the feature pass happens once, before epoch 1",
-    }
-
-
-# ----- python -m explore fetch-weights ----------------------------------------------------
-def cli_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m explore fetch-weights",
-                                     description="Download pretrained weights: ImageNet ones into the torch hub "
-                                                 f"cache ({Path(torch.hub.get_dir()) / 'checkpoints'}), chest "
-                                                 "X-ray ones (xrv_*) into torchxrayvision's folder.")
-    parser.add_argument("names", nargs="*", help=f"backbones (default: all of {', '.join(BACKBONES)})")
-    parser.add_argument("--check", action="store_true", help="only report what is cached; download nothing")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    unknown = [n for n in args.names if n not in BACKBONES]
-    if unknown:
-        print(f"error: unknown backbone(s) {unknown}; choose from {', '.join(BACKBONES)}", file=sys.stderr)
-        return 2
-    results = [_fetch_one(name, download=not args.check) for name in (args.names or list(BACKBONES))]
-    for result in results:
-        print(json.dumps(result) if args.json else f"{result['backbone']}: {result['message']}", flush=True)
-    return 0 if all(r["available"] for r in results) else 1
-
-
-def _fetch_one(name: str, download: bool) -> dict:
-    status = weights_status(name)
-    if status["available"] or not download:
-        return status
-    try:
-        backbone_spec(name).load_pretrained()
-    except WeightsUnavailable as error:
-        return status | {"message": str(error)}
-    return weights_status(name) | {"message": f"downloaded to {weights_path(name)}"}
