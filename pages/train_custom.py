@@ -34,7 +34,8 @@ def custom_config(spec, settings) -> RunConfig | None:
         return RunConfig(
             data=spec, model=model, model_options=tuple(options.items()), loss=loss, class_weights=class_weights,
             seed=int(seed), device=device, precision=precision, **optimiser, **rest, **transfer_settings,
-            name=name or choices.automatic_name(model, options, optimiser["optimizer"], optimiser["lr"]),
+            name=name or choices.automatic_name(model, options, optimiser["optimizer"], optimiser["lr"],
+                                                multitask.get("tasks", ()), multitask.get("pneumonia_label_fraction", 1.0)),
         ).replace(**multitask)
 
     lr_finder_panel(build, find_lr, settings)

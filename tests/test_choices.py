@@ -26,6 +26,8 @@ def test_three_classes_are_never_offered_bce():
 def test_the_automatic_name_says_model_optimiser_and_rate():
     assert choices.automatic_name("hw3_cnn", {"batch_norm": True}, "momentum", 3e-4) == "hw3_cnn + batch norm · SGD + momentum lr 0.0003"
     assert choices.automatic_name("hw3_ann", {}, "adam", 1e-3) == "hw3_ann · Adam lr 0.001"
+    assert choices.automatic_name("hw3_cnn", {}, "adam", 1e-3, ("pneumonia", "effusion"), 0.1) == \
+        "hw3_cnn · Adam lr 0.001 · pneumonia + effusion · 10% of pneumonia labels"
 
 
 def test_the_lr_finders_suggestion_snaps_to_the_slider_on_a_log_scale():

@@ -47,6 +47,7 @@ def test_a_multi_label_custom_run_shows_results_per_finding(store):
     config = store.load(run_id).config
     assert config.tasks == ("pneumonia", "cardiomegaly", "effusion") and config.data.findings
     assert config.pneumonia_label_fraction == 0.5
+    assert config.name.endswith("pneumonia + cardiomegaly + effusion · 50% of pneumonia labels")  # says what it is
     assert pages.common.job_manager().wait_idle(120)
     run_page(at)
     record = store.load(run_id)

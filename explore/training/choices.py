@@ -52,9 +52,16 @@ def default_gamma(scheduler: str) -> float:
     return 0.9 if scheduler == "exponential" else 0.1
 
 
-def automatic_name(model: str, options: dict, optimizer: str, lr: float) -> str:
-    """'hw3_cnn + batch norm · Adam lr 0.001': the name of a custom run the student left unnamed."""
-    return f"{model}{' + batch norm' if options.get('batch_norm') else ''} · {OPTIMIZER_TITLES[optimizer]} lr {lr:g}"
+def automatic_name(model: str, options: dict, optimizer: str, lr: float, tasks: tuple[str, ...] = (),
+                   pneumonia_label_fraction: float = 1.0) -> str:
+    """'hw3_cnn + batch norm · Adam lr 0.001': the name of a custom run the student left unnamed; a multi-task
+    run adds its findings and, when pneumonia labels are scarce, their share."""
+    name = f"{model}{' + batch norm' if options.get('batch_norm') else ''} · {OPTIMIZER_TITLES[optimizer]} lr {lr:g}"
+    if tasks:
+        name += " · " + " + ".join(tasks)
+    if pneumonia_label_fraction < 1:
+        name += f" · {pneumonia_label_fraction:.0%} of pneumonia labels"
+    return name
 
 
 def nearest_learning_rate(value: float | None) -> float | None:
