@@ -17,6 +17,7 @@ from explore.data import DataSpec, register_bundle
 from explore.training.jobs import execute_run
 from explore.training.store import RunStore
 from explore.training.train import InputPipeline
+from explore.cli import adapt as adapt_cli
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -111,10 +112,10 @@ def test_before_and_after_on_the_same_test_images(loaded, method):
 
 def test_cli_prints_before_and_after(finished_run, capsys):
     store, run_id = finished_run
-    assert AD.cli_main(["--run", str(store.root / run_id), "--method", "bn", "--json"]) == 0
+    assert adapt_cli.cli_main(["--run", str(store.root / run_id), "--method", "bn", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= {"method", "before", "after"} and set(out["after"]) >= {"acc", "auc"}
-    assert AD.cli_main(["--run", str(store.root / "nope"), "--method", "bn"]) == 2
+    assert adapt_cli.cli_main(["--run", str(store.root / "nope"), "--method", "bn"]) == 2
     assert "not a run folder" in capsys.readouterr().err
     from explore.cli.main import main
     assert main(["adapt", "--run", str(store.root / run_id), "--method", "finetune", "--k", "128"]) == 2

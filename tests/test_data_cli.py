@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explore.data.cli import cli_main
+from explore.cli.data import cli_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JSON_KEYS = {"source", "image_size", "classes", "splits", "skipped", "original_sizes"}

@@ -17,6 +17,7 @@ from explore.data import DataSpec, register_bundle
 from explore.training.jobs import JobManager, execute_run
 from explore.training.store import RunStore
 from explore.training.train import TrainingRun
+from explore.cli import mismatch as mismatch_cli
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -165,12 +166,12 @@ def test_fixes_queue_as_one_group_and_fill_the_table(run_with_train_dev):
 
 def test_cli_prints_the_report(run_with_train_dev, capsys):
     store, run_id = run_with_train_dev
-    assert M.cli_main(["--run", str(store.path(run_id)), "--json", "--human-error", "0.01"]) == 0
+    assert mismatch_cli.cli_main(["--run", str(store.path(run_id)), "--json", "--human-error", "0.01"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {"internal_external", "decomposition", "source_classifier"} <= set(report)
     assert report["decomposition"]["human_error"] == 0.01
     assert 0.0 <= report["source_classifier"]["auc"] <= 1.0
-    assert M.cli_main(["--run", str(store.path(run_id)), "--threshold", "2"]) == 2
+    assert mismatch_cli.cli_main(["--run", str(store.path(run_id)), "--threshold", "2"]) == 2
 
 
 def test_demo_mode_caps_the_fix_runs_on_the_page(run_with_train_dev, bundle, tmp_path, monkeypatch):

@@ -124,7 +124,7 @@ def test_nih_pneumonia_box_becomes_lesion_mask(nih_dir):
 
 
 def test_cli_reports_counts_missing_skipped_and_metadata(nih_dir, capsys):
-    from explore.data.cli import cli_main
+    from explore.cli.data import cli_main
 
     root, table, images, _other, boxed, _corrupt = nih_dir
     films = set(images) | {boxed["Image Index"]}

@@ -10,17 +10,17 @@ import importlib
 import sys
 
 COMMANDS = {
-    "data": ("explore.data.cli", "summarise a data source (counts, skipped files, sizes)"),
+    "data": ("explore.cli.data", "summarise a data source (counts, skipped files, sizes)"),
     "models": ("explore.cli.models", "list registered models with parameters and MACs"),
     "train": ("explore.cli.train", "train a model or a homework preset; JSON lines per epoch"),
-    "presets": ("explore.training.presets", "list the homework presets"),
-    "lr-find": ("explore.training.lr_finder", "learning-rate range test: loss against a rising rate, a suggested rate"),
+    "presets": ("explore.cli.presets", "list the homework presets"),
+    "lr-find": ("explore.cli.lr_find", "learning-rate range test: loss against a rising rate, a suggested rate"),
     "fetch-weights": ("explore.cli.fetch_weights", "download pretrained weights (ImageNet, chest X-ray)"),
     "attribute": ("explore.cli.attribute", "write saliency overlays for a finished run"),
     "explain-report": ("explore.cli.explain:explain_report_main", "report card per attribution method: faithfulness, stability…"),
     "roar": ("explore.cli.explain:roar_main", "remove and retrain: train a run's ROAR group (methods × t, and random) and compare"),
-    "mismatch": ("explore.insight.mismatch", "internal vs external metrics and the error decomposition"),
-    "adapt": ("explore.insight.adapt", "adapt a finished run to its test hospital (AdaBN, few-shot, histogram matching)"),
+    "mismatch": ("explore.cli.mismatch", "internal vs external metrics and the error decomposition"),
+    "adapt": ("explore.cli.adapt", "adapt a finished run to its test hospital (AdaBN, few-shot, histogram matching)"),
     "bench": ("benchmarks.bench", "measure speed: fast path vs the course's loop, and more"),
     "sweep": ("explore.cli.runs:sweep_main", "train one setting over several values (from a run or a model)"),
     "repeat": ("explore.cli.runs:repeat_main", "train the same config with several seeds; mean ± std"),

@@ -22,19 +22,15 @@ gap before and after. `python -m explore adapt --run RUN --method bn --json` pri
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import sys
 from dataclasses import replace
 
 import torch
 from torch import nn
 
-from explore.insight.finished_run import FinishedRun, load_run_dir, predict
-from explore.data import DataError, Split
+from explore.insight.finished_run import FinishedRun, predict
+from explore.data import Split
 from explore.insight.mismatch import internal_external, threshold_report
-from explore.training.store import StoreError
 from explore.training.train import make_loss, make_optimizer
 
 SHOT_COUNTS = (8, 32, 128)  # the few-shot sizes the page offers
@@ -201,36 +197,3 @@ def _gaps(loaded: FinishedRun, result: dict, threshold: float) -> dict:
                   if val[metric] is not None and result[when][metric] is not None else None
                   for metric in ("acc", "auc")} for when in ("before", "after")}
     return {"val": {"acc": val["acc"], "auc": val["auc"]}, "gap": gap}
-
-
-# ----------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m explore adapt",
-                                description="Adapt a finished run to its test hospital; test metrics before and after.")
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder, e.g. runs/20250101-…")
-    p.add_argument("--method", required=True, choices=sorted(METHODS), help="bn (AdaBN), finetune, histmatch")
-    p.add_argument("--k", type=int, default=32, help="finetune: labelled test images to train on (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="which k images, and the fine-tuning order")
-    p.add_argument("--threshold", type=float, default=0.5, help="call disease when P(disease) ≥ this")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    return p
-
-
-def cli_main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        result = adapt(load_run_dir(args.run), args.method, args.k, args.seed, args.threshold)
-    except (StoreError, DataError, AdaptError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"{result['method']}: {result['what']}")
-    for when in ("before", "after"):
-        r = result[when]
-        auc = "–" if r["auc"] is None else f"{r['auc']:.3f}"
-        print(f"  {when:<7} acc {r['acc']:.3f}  auc {auc}  on {r['n']} test images")
-    if "gap" in result:
-        print(f"  val−test accuracy gap: {result['gap']['before']['acc']:+.3f} → {result['gap']['after']['acc']:+.3f}")
-    return 0

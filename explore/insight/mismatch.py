@@ -20,10 +20,7 @@ chosen threshold on P(disease); for a two-class model that is the ordinary accur
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import sys
 import time
 from dataclasses import dataclass
 
@@ -31,10 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explore.insight.finished_run import FinishedRun, load_run_dir, predict
+from explore.insight.finished_run import FinishedRun, predict
 from explore.training.config import RunConfig
-from explore.data import DataError, Split
-from explore.training.metrics import auc, binary_report, positive_score, roc_curve
+from explore.training.metrics import auc, binary_report, positive_score
 from explore.models.registry import forward_order
 from explore.insight.report import roc_frame
 from explore.training.store import RunStore, StoreError
@@ -456,41 +452,3 @@ def mismatch_report(loaded: FinishedRun, threshold: float = 0.5, human_error: fl
     if with_source_classifier:
         report["source_classifier"] = run_source_classifier(loaded, device=device)
     return report
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m explore mismatch",
-                                description="Internal vs external metrics, the error decomposition and the "
-                                            "source-classifier AUC for a finished run.")
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder, e.g. runs/20250101-120000-hw3-cnn-abc123")
-    p.add_argument("--threshold", type=float, default=0.5, help="call disease when P(disease) ≥ this")
-    p.add_argument("--human-error", type=float, default=0.0, help="human / Bayes error for the avoidable bias")
-    p.add_argument("--no-source-classifier", action="store_true", help="skip training the source classifier")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    return p
-
-
-def cli_main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not (0.0 <= args.threshold <= 1.0) or not (0.0 <= args.human_error <= 1.0):
-        print("error: --threshold and --human-error must be between 0 and 1", file=sys.stderr)
-        return 2
-    try:
-        loaded = load_run_dir(args.run)
-        report = mismatch_report(loaded, args.threshold, args.human_error, not args.no_source_classifier)
-    except (StoreError, DataError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(report, indent=2, default=float))
-        return 0
-    for name, r in report["internal_external"].items():
-        if name != "gap":
-            print(f"{r['title']:<45} acc {r['acc']:.3f}  auc {r['auc'] if r['auc'] is None else round(r['auc'], 3)}")
-    for level in report["decomposition"]["levels"]:
-        print(f"  {level['name']:<22} {level['error']:.3f}")
-    for component in report["decomposition"]["components"]:
-        print(f"  {component['name']:<22} {component['value']:+.3f}")
-    if "source_classifier" in report:
-        print(f"source classifier AUC: {report['source_classifier']['auc']:.3f}")
-    return 0

@@ -7,8 +7,6 @@ says so on screen whenever it is used.
 """
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import dataclass, field, fields
 
 from explore.training.config import RunConfig
@@ -239,18 +237,3 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
             ("DenseNet-121 · chest X-rays · frozen", "xrv_densenet121"))),
         quick_size=128, quick_epochs=5, tags=("transfer",)),
 ]}
-
-
-def cli_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m explore presets", description="List the homework presets.")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    rows = [preset.to_dict() for preset in PRESETS.values()]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            print(f"{row['name']:<22} {row['title']}")
-            for full, quick in zip(row["full"], row["quick"]):
-                print(f"    {full['name']:<48} quick: {quick['name']}")
-    return 0

@@ -15,8 +15,8 @@ import argparse
 import json
 import sys
 
-from . import IMAGE_SIZES, DataBundle, DataError, DataSpec, load_bundle
-from .metadata import summary_lines
+from explore.data import IMAGE_SIZES, DataBundle, DataError, DataSpec, load_bundle
+from explore.data.metadata import summary_lines
 
 _SHOWN_SKIPPED = 10  # the readable summary lists this many skipped files, then a count
 
