@@ -7,9 +7,9 @@ import streamlit as st
 
 from explore.insight import report
 from explore.data import DataSpec
-from pages import multitask_section
 from explore.data.synthetic import (KNOBS, SHIFT_KNOBS, changed_knobs, render_patient_at_sites, same_sites,
                                     slider_label)
+from pages import multitask_section
 
 
 def knob_slider(name: str, applied: dict, settings):

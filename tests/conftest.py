@@ -105,3 +105,18 @@ def register_data(request):
     yield register
     for name in names:
         unregister_bundle(name)
+
+
+@pytest.fixture
+def one_thread_fresh_features(monkeypatch):
+    """One thread (on a busy shared CPU two spinning OpenMP threads make small transfer models many times
+    slower) and an empty in-memory feature cache before and after the test."""
+    from explore.training import transfer
+
+    monkeypatch.setenv("EXPLORE_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    transfer.FEATURE_CACHE.clear()
+    yield
+    transfer.FEATURE_CACHE.clear()
+    torch.set_num_threads(threads)

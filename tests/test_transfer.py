@@ -25,20 +25,12 @@ SIZE = 64
 
 
 @pytest.fixture(autouse=True)
-def offline_hub(tmp_path, monkeypatch):
+def offline_hub(tmp_path, monkeypatch, one_thread_fresh_features):
     """An empty torch hub cache, no downloads, and a private feature cache for every test."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("EXPLORE_OFFLINE", "1")
     monkeypatch.setenv("EXPLORE_CACHE_DIR", str(tmp_path / "cache"))
     assert torch.hub.get_dir().startswith(str(tmp_path)), "torch.hub.set_dir() was called elsewhere"
-    # One thread: on a busy shared CPU two spinning OpenMP threads make these small models many times slower.
-    monkeypatch.setenv("EXPLORE_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    transfer.FEATURE_CACHE.clear()
-    yield
-    transfer.FEATURE_CACHE.clear()
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -25,19 +25,12 @@ SIZE = 32  # the models resize to their own resolution inside; the data can stay
 
 
 @pytest.fixture(autouse=True)
-def offline_home(tmp_path, monkeypatch):
+def offline_home(tmp_path, monkeypatch, one_thread_fresh_features):
     """An empty ~/.torchxrayvision (HOME in tmp), no downloads, private caches, one thread."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("EXPLORE_OFFLINE", "1")
     monkeypatch.setenv("EXPLORE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("EXPLORE_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    transfer.FEATURE_CACHE.clear()
-    yield
-    transfer.FEATURE_CACHE.clear()
-    torch.set_num_threads(threads)
 
 
 def put_fake_xrv_densenet() -> nn.Module:

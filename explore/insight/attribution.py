@@ -47,6 +47,7 @@ from explore.data import DataBundle
 from explore.insight.browse import BROWSE_MODES, CELL_MEANING, CELLS_BINARY, cell_name, outcomes, select  # noqa: F401 (re-exported)
 from explore.insight import finished_run
 from explore.insight.finished_run import FinishedRun, predict  # noqa: F401 (predict re-exported)
+from explore.insight.multilabel_report import targets_at
 from explore.models.registry import forward_order
 from explore.training.store import RunRecord, RunStore
 from explore.training.train import InputPipeline, eval_batches, pipeline_for_run, probabilities  # noqa: F401 (re-exported)
@@ -412,8 +413,6 @@ class LoadedRun(FinishedRun):
         stored = self.predictions[split]
         if not self.config.tasks:
             return outcomes(stored["probs"], stored["labels"])
-        from explore.insight.multilabel_report import targets_at
-
         labels, probs = targets_at(self.predictions, split, target if isinstance(target, int) else 0)
         return outcomes(probs, labels)
 

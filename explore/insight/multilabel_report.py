@@ -13,7 +13,8 @@ import torch
 
 from explore.training.metrics import auc, roc_curve
 from explore.training.multilabel import known
-from explore.insight.report import SPLIT_LABELS, confusion_frame
+from explore.data.synthetic import FINDINGS, generate_synthetic
+from explore.insight.report import SPLIT_LABELS, confusion_frame, grey, outline_mask
 
 TABLE_COLUMNS = ["split", "task", "AUC", "sensitivity", "specificity", "TP", "FN", "FP", "TN", "positives", "images"]
 
@@ -116,9 +117,6 @@ FINDING_COLOURS = {"cardiomegaly": (220, 60, 220), "effusion": (40, 140, 255)}  
 def finding_examples(image_size: int = 128, seed: int = 0) -> list[dict]:
     """One synthetic image per combination (none, cardiomegaly, effusion, both) with the findings
     outlined: the Data page's look at what the multi-task findings are."""
-    from explore.data.synthetic import FINDINGS, generate_synthetic
-    from explore.insight.report import grey, outline_mask
-
     train = generate_synthetic(image_size=image_size, seed=seed, findings=True, n_train=32, n_val=10, n_test=10).train
     examples = []
     for wanted in ((0, 0), (1, 0), (0, 1), (1, 1)):

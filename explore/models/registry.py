@@ -55,14 +55,20 @@ def mlp(in_size: int, num_outputs: int, hidden_layers: int = 3, width: int = 64,
     return nn.Sequential(*layers)
 
 
-def cnn(in_size: int, num_outputs: int, blocks: int = 3, channels: int = 32, fc_width: int = 32,
-        dropout: float = 0.0, batch_norm: bool = False) -> nn.Sequential:
-    """[conv3×3 → ReLU → maxpool2] × blocks → flatten → Linear(fc_width) → ReLU → Linear."""
+def conv_stack(blocks: int, channels: int, batch_norm: bool) -> list[nn.Module]:
+    """`blocks` conv blocks on the grey input, `channels` wide each (shared by cnn and cnn_gap)."""
     convs: list[nn.Module] = []
     in_ch = 1
     for _ in range(blocks):
         convs += conv_block(in_ch, channels, batch_norm)
         in_ch = channels
+    return convs
+
+
+def cnn(in_size: int, num_outputs: int, blocks: int = 3, channels: int = 32, fc_width: int = 32,
+        dropout: float = 0.0, batch_norm: bool = False) -> nn.Sequential:
+    """[conv3×3 → ReLU → maxpool2] × blocks → flatten → Linear(fc_width) → ReLU → Linear."""
+    convs = conv_stack(blocks, channels, batch_norm)
     features = nn.Sequential(*convs)
     head: list[nn.Module] = [nn.Flatten(), nn.Linear(flat_features(features, in_size), fc_width), nn.ReLU()]
     if dropout > 0:
@@ -74,11 +80,7 @@ def cnn(in_size: int, num_outputs: int, blocks: int = 3, channels: int = 32, fc_
 def cnn_gap(in_size: int, num_outputs: int, blocks: int = 3, channels: int = 32,
             dropout: float = 0.0, batch_norm: bool = False) -> nn.Sequential:
     """The same conv blocks, then global average pooling instead of flatten: no size-dependent weights."""
-    convs: list[nn.Module] = []
-    in_ch = 1
-    for _ in range(blocks):
-        convs += conv_block(in_ch, channels, batch_norm)
-        in_ch = channels
+    convs = conv_stack(blocks, channels, batch_norm)
     head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     if dropout > 0:
         head.append(nn.Dropout(dropout))
